@@ -1,0 +1,190 @@
+"""Configuration: one pydantic-settings model, from a YAML file plus ``STREAMS_*`` env vars.
+
+Precedence, highest first: keyword arguments, environment variables
+(``STREAMS_<SECTION>__<KEY>``, e.g. ``STREAMS_KAFKA__BOOTSTRAP_SERVERS``),
+the YAML file (``--config PATH`` or ``$STREAMS_CONFIG``), then defaults.
+
+Every problem is reported at load time as :class:`ConfigError`, naming the
+file, the key and the problem, e.g.::
+
+    etc/streams.yaml: poller.interval: Input should be greater than 0
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from streams.signing import Keyring, SigningError
+
+CONFIG_ENV = "STREAMS_CONFIG"
+"""Environment variable naming the YAML config file."""
+
+
+class ConfigError(ValueError):
+    """Configuration rejected at load time; the message names file, key and problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Kafka connection and topic names."""
+
+    bootstrap_servers: str = Field("127.0.0.1:19092", description="host:port[,host:port...]")
+    samples_topic: str = Field("samples", description="Topic of signed SampleBatch records.")
+    dlq_topic: str = Field("samples.dlq", description="Dead-letter topic: rejected records with stage/reason headers.")
+    partitions: int = Field(4, gt=0, description="Partitions of topics created by `streams topics create`.")
+    replication_factor: int = Field(1, gt=0, description="Replication factor of created topics.")
+    session_timeout_ms: int = Field(
+        6000, ge=1000, description="Consumer-group session timeout (ms); a join takes about half of it."
+    )
+    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="Extra librdkafka settings for producers (e.g. compression.type)."
+    )
+
+
+class ClickHouseSettings(_Section):
+    """Where rows go. ``clickhouse://user:password@host:port/database`` (native protocol)."""
+
+    url: str = Field("clickhouse://default@127.0.0.1:19000/streams", description="Sink URL.")
+    insert_block_size: int = Field(100_000, gt=0, description="Rows per INSERT block sent by the driver.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "clickhouse":
+            raise ValueError(f"unsupported sink scheme {parts.scheme!r}; expected clickhouse://")
+        if not parts.hostname:
+            raise ValueError("sink URL has no host")
+        return v
+
+    @property
+    def database(self) -> str:
+        """Database named by the URL path (default ``streams``)."""
+        return urlsplit(self.url).path.strip("/") or "streams"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`clickhouse_driver.Client` (database not selected)."""
+        p = urlsplit(self.url)
+        return {
+            "host": p.hostname,
+            "port": p.port or 9000,
+            "user": unquote(p.username or "default"),
+            "password": unquote(p.password or ""),
+        }
+
+
+class SigningSettings(_Section):
+    """HMAC-SHA256 signing keys by id; ``active`` signs, all verify (for rotation)."""
+
+    keys: dict[str, SecretStr] = Field(default_factory=dict, description="key id -> secret")
+    active: str | None = Field(None, description="Key id used to sign; defaults to the only key.")
+
+    def keyring(self) -> Keyring:
+        """Build the keyring.
+
+        Raises:
+            ConfigError: no keys, empty secret, or unknown active key.
+        """
+        keys = {k: v.get_secret_value().encode() for k, v in self.keys.items()}
+        active = self.active or (next(iter(keys)) if len(keys) == 1 else "")
+        try:
+            return Keyring(keys, active)
+        except SigningError as exc:
+            raise ConfigError(f"signing: {exc} (set signing.keys in the config file or STREAMS_SIGNING__KEYS)") from exc
+
+
+class PollerSettings(_Section):
+    """Compute poller."""
+
+    interval: float = Field(10.0, gt=0, description="Seconds between polls.")
+    processes: bool = Field(True, description="Poll per-process meters as well as host meters.")
+    max_processes: int = Field(500, ge=0, description="At most this many processes per poll (busiest first).")
+    source: str = Field("streams", description="Value of the samples' source field.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off.")
+
+
+class ProcessorSettings(_Section):
+    """Faust processor."""
+
+    app_id: str = Field("streams-processor", description="Faust app id = Kafka consumer group.")
+    batch_size: int = Field(10_000, gt=0, description="Max Kafka records per sink batch.")
+    batch_timeout: float = Field(1.0, gt=0, description="Seconds to wait to fill a batch before flushing.")
+    data_dir: str = Field(".dev/faust", description="Faust data directory (tables' local state).")
+    metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off.")
+    max_future_skew: float = Field(
+        3600.0, ge=0, description="Samples stamped further than this (s) in the future are rejected."
+    )
+
+
+class Settings(BaseSettings):
+    """All settings of every service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMS_", env_nested_delimiter="__", extra="forbid", yaml_file=None
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    signing: SigningSettings = SigningSettings()
+    poller: PollerSettings = PollerSettings()
+    processor: ProcessorSettings = ProcessorSettings()
+    log_level: str = Field("INFO", description="Python logging level name.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file (set per load by load_settings) ranks below the environment.
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path`` (or ``$STREAMS_CONFIG``) and the environment.
+
+    Raises:
+        ConfigError: file missing or not a YAML mapping, or any key invalid;
+            the message names the file, the dotted key and the problem.
+    """
+    path = path or os.environ.get(CONFIG_ENV) or None
+    label = str(path) if path else "environment"
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            content = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if content is not None and not isinstance(content, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(content).__name__}")
+    cls = Settings
+    if path:
+        cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": str(path)}})
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{label}: {problems}") from None

@@ -1,0 +1,66 @@
+"""Kafka topic administration: topics are created explicitly, never auto-created.
+
+Partition counts are fixed when a topic is created, before any consumer
+starts (the number of partitions bounds the processor's parallelism, and
+changing it later moves resources between partitions).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def admin(settings: KafkaSettings) -> AdminClient:
+    """An admin client for ``settings``."""
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers,
+                        "security.protocol": settings.security_protocol})
+
+
+def pipeline_topics(settings: KafkaSettings) -> list[str]:
+    """The topics the pipeline needs: samples and its dead-letter topic."""
+    return [settings.samples_topic, settings.dlq_topic]
+
+
+def create_topics(settings: KafkaSettings, names: list[str] | None = None,
+                  partitions: int | None = None, timeout: float = 30.0) -> dict[str, str]:
+    """Create ``names`` (default: :func:`pipeline_topics`) if they do not exist.
+
+    Args:
+        partitions: partitions per topic (default ``settings.partitions``).
+
+    Returns:
+        topic -> ``"created"`` or ``"exists"``.
+
+    Raises:
+        KafkaException: the broker refused for another reason or timed out.
+    """
+    names = names or pipeline_topics(settings)
+    client = admin(settings)
+    futures = client.create_topics(
+        [NewTopic(n, partitions or settings.partitions, settings.replication_factor) for n in names],
+        request_timeout=timeout,
+    )
+    result: dict[str, str] = {}
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout)
+            result[name] = "created"
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                result[name] = "exists"
+            else:
+                raise
+    return result
+
+
+def describe_topics(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, int]:
+    """Topic name -> partition count, for every topic on the cluster."""
+    md = admin(settings).list_topics(timeout=timeout)
+    return {name: len(t.partitions) for name, t in md.topics.items()}
