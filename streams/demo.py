@@ -43,7 +43,7 @@ def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
 def _table(rows: list[tuple], headers: tuple[str, ...]) -> str:
     cells = [headers] + [tuple("" if v is None else str(v) for v in r) for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join([line(cells[0]), line(tuple("-" * w for w in widths))] + [line(r) for r in cells[1:]])
 
 

@@ -4,8 +4,10 @@ Metric names are the project's public monitoring contract (Grafana's
 pipeline-health dashboard reads them); keep them stable.
 
 Each service mounts :class:`MetricsServer` (a ``mode`` service): ``GET /metrics``
-in the Prometheus text exposition format and ``GET /healthz`` (``200 ok`` while
-the owning service runs, ``503`` once it stops).
+in the Prometheus text exposition format, ``GET /healthz`` (liveness: ``200``
+while the owning service runs, ``503`` once it stops) and ``GET /readyz``
+(readiness: ``200`` once the service does its job, e.g. the processor owns
+partitions, the poller has published a poll).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class MetricsServer(Service):
         port: TCP port; 0 disables the server (the service then does nothing).
         host: listen address (``0.0.0.0`` in a pod, loopback by default).
         healthy: called per ``/healthz`` request; False answers 503.
+        ready: called per ``/readyz`` request; False answers 503.
     """
 
     def __init__(
@@ -70,20 +73,28 @@ class MetricsServer(Service):
         port: int,
         host: str = "127.0.0.1",
         healthy: Callable[[], bool] = lambda: True,
+        ready: Callable[[], bool] = lambda: True,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
         self.port = port
         self.host = host
         self.healthy = healthy
+        self.ready = ready
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    @staticmethod
+    def _probe(ok: bool) -> web.Response:
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "not ok\n")
+
     async def _healthz(self, request: web.Request) -> web.Response:
-        ok = self.healthy()
-        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
+        return self._probe(self.healthy())
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        return self._probe(self.healthy() and self.ready())
 
     async def on_start(self) -> None:
         if not self.port:
@@ -91,6 +102,7 @@ class MetricsServer(Service):
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()

@@ -54,7 +54,7 @@ class Keyring:
 
     keys: Mapping[str, bytes]
     active: str
-    _keyed: dict[str, "hmac.HMAC"] = field(init=False, repr=False, compare=False)
+    _keyed: dict[str, hmac.HMAC] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.keys:

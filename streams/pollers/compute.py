@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable
+from functools import partial
 
 import psutil
 
@@ -109,24 +110,20 @@ class HostPollster(Pollster):
             t = psutil.cpu_times()
             busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
-            def emit(meter: Meter, value: float) -> None:
-                out.append(make_sample(meter, value, res, timestamp_us=ts, monotonic_time=mono,
-                                       source=self.source, metadata=md))
-
-            emit(CPU, round(busy * NS))
+            sample = partial(make_sample, resource=res, timestamp_us=ts, monotonic_time=mono,
+                             source=self.source, metadata=md)
+            out.append(sample(CPU, round(busy * NS)))
             util = self._util.update(res.id, busy, mono, cores)
             if util is not None:
-                emit(CPU_UTIL, util)
+                out.append(sample(CPU_UTIL, util))
             vm = psutil.virtual_memory()
-            emit(MEMORY, vm.total - vm.available)
+            out.append(sample(MEMORY, vm.total - vm.available))
             disk = psutil.disk_io_counters()
             if disk is not None:
-                emit(DISK_READ, disk.read_bytes)
-                emit(DISK_WRITE, disk.write_bytes)
+                out += [sample(DISK_READ, disk.read_bytes), sample(DISK_WRITE, disk.write_bytes)]
             net = psutil.net_io_counters()
             if net is not None:
-                emit(NET_IN, net.bytes_recv)
-                emit(NET_OUT, net.bytes_sent)
+                out += [sample(NET_IN, net.bytes_recv), sample(NET_OUT, net.bytes_sent)]
         return out
 
 
@@ -197,21 +194,18 @@ class ProcessPollster(Pollster):
             seen.add(res.id)
             md = metadata_to_strings(res.metadata)
 
-            def emit(meter: Meter, value: float) -> None:
-                out.append(make_sample(meter, value, res, timestamp_us=ts, monotonic_time=mono,
-                                       source=self.source, metadata=md))
-
+            sample = partial(make_sample, resource=res, timestamp_us=ts, monotonic_time=mono,
+                             source=self.source, metadata=md)
             ct = info["cpu_times"]
             cpu_s = ct.user + ct.system
-            emit(CPU, round(cpu_s * NS))
+            out.append(sample(CPU, round(cpu_s * NS)))
             util = self._util.update(res.id, cpu_s, mono, cores)
             if util is not None:
-                emit(CPU_UTIL, util)
+                out.append(sample(CPU_UTIL, util))
             if info.get("memory_info") is not None:
-                emit(MEMORY, info["memory_info"].rss)
+                out.append(sample(MEMORY, info["memory_info"].rss))
             io = info.get("io_counters")
             if io is not None:
-                emit(DISK_READ, io.read_bytes)
-                emit(DISK_WRITE, io.write_bytes)
+                out += [sample(DISK_READ, io.read_bytes), sample(DISK_WRITE, io.write_bytes)]
         self._util.retain(seen)
         return out

@@ -46,7 +46,8 @@ class PollingService(Service):
         self.pollsters = list(pollsters)
         self.interval = interval
         self.polls = 0
-        self.metrics = MetricsServer(metrics_port, healthy=lambda: not self.should_stop)
+        self.metrics = MetricsServer(metrics_port, healthy=lambda: not self.should_stop,
+                                     ready=lambda: self.polls > 0)
 
     def on_init_dependencies(self) -> list[Service]:
         return [self.metrics]

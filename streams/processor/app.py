@@ -76,7 +76,16 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
         stream_wait_empty=False,
     )
     samples_topic = app.topic(k.samples_topic, key_serializer="raw", value_serializer="raw")
-    metrics = MetricsServer(p.metrics_port, healthy=lambda: not app.should_stop)
+    rebalances = 0
+
+    @app.on_partitions_assigned.connect
+    async def _on_assigned(sender: object, *args: object, **kwargs: object) -> None:
+        # Ready once the worker has joined the group (a standby with no partitions is fine).
+        nonlocal rebalances
+        rebalances += 1
+
+    metrics = MetricsServer(p.metrics_port, healthy=lambda: not app.should_stop,
+                            ready=lambda: rebalances > 0)
 
     @app.agent(samples_topic, name="process_samples")
     async def process_samples(stream: faust.StreamT) -> None:

@@ -61,7 +61,7 @@ class ServerVersion:
     minor: int
 
     @classmethod
-    def parse(cls, text: str) -> "ServerVersion":
+    def parse(cls, text: str) -> ServerVersion:
         """Parse ``SELECT version()`` output such as ``18.16.1`` or ``26.9.1.1``.
 
         Raises:

@@ -1,0 +1,50 @@
+# Everything a new machine needs goes through these targets: `make demo`, `make test`.
+# Each installs what is missing (apt-get when root, pip into .venv) and starts the local services.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STREAMS := $(VENV)/bin/streams
+DEMO_CONFIG ?= etc/streams.dev.yaml
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help bootstrap up down status demo test test-unit test-integration bench lint clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+bootstrap: ## Install Debian packages (zookeeper, clickhouse-server) and the project venv, if missing
+	@bash scripts/bootstrap.sh
+
+up: bootstrap ## Start the local broker, ZooKeeper and ClickHouse (state in .dev/)
+	@$(STREAMS) dev up
+
+down: ## Stop the local services
+	@$(STREAMS) dev down
+
+status: ## Show the local services
+	@$(STREAMS) dev status
+
+demo: bootstrap ## Run the pipeline on this machine's real metrics for a minute and report from ClickHouse
+	@$(STREAMS) --config $(DEMO_CONFIG) demo
+
+test: bootstrap ## Unit tests, then integration tests against the real local services
+	@$(STREAMS) dev up
+	@$(PY) -m pytest tests -ra $(PYTEST_ARGS)
+
+test-unit: bootstrap ## Unit tests only (no services)
+	@$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+test-integration: up ## Integration tests only
+	@$(PY) -m pytest tests/integration -ra $(PYTEST_ARGS)
+
+bench: bootstrap ## Benchmarks; prints figures and writes bench/results.json
+	@$(STREAMS) dev up
+	@$(PY) bench/run.py
+
+lint: bootstrap ## Static checks (ruff)
+	@$(VENV)/bin/ruff check streams tests bench
+
+clean: ## Stop services and delete .dev/ (data, logs)
+	-@$(STREAMS) dev down --purge 2>/dev/null
+	rm -rf .dev

@@ -1,0 +1,51 @@
+"""Shared fixtures: sample factories usable by unit and integration tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from streams.codec import BatchCodec, Sample
+from streams.signing import Keyring
+
+TEST_KEYS = {"k-old": b"old-secret-for-tests", "k-new": b"new-secret-for-tests"}
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring(TEST_KEYS, "k-new")
+
+
+@pytest.fixture
+def codec(keyring: Keyring) -> BatchCodec:
+    return BatchCodec(keyring)
+
+
+def make_test_sample(**overrides) -> Sample:
+    """A valid sample dict; override any field."""
+    s: Sample = {
+        "message_id": str(uuid.uuid4()),
+        "name": "cpu",
+        "type": "cumulative",
+        "unit": "ns",
+        "volume": 123456789.0,
+        "user_id": None,
+        "user_name": None,
+        "project_id": "p-1",
+        "project_name": None,
+        "resource_id": "host-a",
+        "timestamp": time.time_ns() // 1000,
+        "monotonic_time": 12.5,
+        "resource_metadata": {"kind": "host"},
+        "source": "tests",
+        "message_signature": None,
+    }
+    s.update(overrides)  # type: ignore[typeddict-item]
+    return s
+
+
+@pytest.fixture
+def sample_factory():
+    return make_test_sample
