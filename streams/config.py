@@ -132,6 +132,23 @@ class ProcessorSettings(_Section):
     )
 
 
+class CoordinationSettings(_Section):
+    """ZooKeeper coordination (kazoo). Without ``hosts`` every service runs alone:
+    pollers poll everything, singleton jobs need no lock (Ceilometer's empty backend_url)."""
+
+    hosts: str | None = Field(None, description="ZooKeeper connect string host:port[,host:port...]; None = off.")
+    root: str = Field("/streams", description="Root znode of this deployment.")
+    session_timeout: float = Field(10.0, gt=0, description="ZooKeeper session timeout (s): liveness of members.")
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for the first connection.")
+
+    @field_validator("root")
+    @classmethod
+    def _check_root(cls, v: str) -> str:
+        if not v.startswith("/") or v.endswith("/") and v != "/":
+            raise ValueError("must be an absolute znode path without a trailing slash, e.g. /streams")
+        return v
+
+
 class Settings(BaseSettings):
     """All settings of every service."""
 
@@ -144,6 +161,7 @@ class Settings(BaseSettings):
     signing: SigningSettings = SigningSettings()
     poller: PollerSettings = PollerSettings()
     processor: ProcessorSettings = ProcessorSettings()
+    coordination: CoordinationSettings = CoordinationSettings()
     log_level: str = Field("INFO", description="Python logging level name.")
 
     @classmethod
