@@ -60,12 +60,22 @@ def topics() -> None:
 @click.option("--partitions", type=click.IntRange(min=1), help="Override kafka.partitions.")
 @pass_ctx
 def topics_create(c: _Ctx, partitions: int | None) -> None:
-    """Create the samples and dead-letter topics (idempotent)."""
+    """Create the samples, dead-letter and processor state topics (idempotent)."""
+    from streams.processor.app import ensure_state_topic
+    from streams.processor.state import changelog_topic
     from streams.topics import create_topics
 
-    s = c.settings.kafka
-    for name, state in create_topics(s, partitions=partitions).items():
-        click.echo(f"{name}: {state} ({partitions or s.partitions} partitions requested)")
+    settings = c.settings
+    if partitions:
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"partitions": partitions})})
+    s = settings.kafka
+    for name, state in create_topics(s).items():
+        click.echo(f"{name}: {state} ({s.partitions} partitions requested)")
+    try:
+        ensure_state_topic(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{changelog_topic(settings.processor.app_id)}: ready (compacted, {s.partitions} partitions)")
 
 
 @topics.command("list")

@@ -127,6 +127,12 @@ class ProcessorSettings(_Section):
     batch_timeout: float = Field(1.0, gt=0, description="Seconds to wait to fill a batch before flushing.")
     data_dir: str = Field(".dev/faust", description="Faust data directory (tables' local state).")
     metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off.")
+    pipeline: str | None = Field(
+        None, description="pipeline.yaml path (sources, sinks, transformers, publishers); None = store all."
+    )
+    commit_interval: float = Field(
+        1.0, gt=0, description="Seconds between Kafka offset commits of acknowledged records."
+    )
     max_future_skew: float = Field(
         3600.0, ge=0, description="Samples stamped further than this (s) in the future are rejected."
     )

@@ -45,6 +45,14 @@ RECORDS_REJECTED = Counter(
     "streams_records_rejected_total", "Kafka records sent to the dead-letter topic.",
     ["stage", "reason"],
 )
+TRANSFORM_ERRORS = Counter(
+    "streams_transform_errors_total", "Samples a transformer could not handle (their output is lost).",
+    ["transformer"],
+)
+SAMPLES_DERIVED = Counter(
+    "streams_samples_published_by_pipeline_total", "Samples handed to pipeline publishers, by scheme.",
+    ["scheme"],
+)
 SINK_BATCH_ROWS = Histogram(
     "streams_sink_batch_rows", "Rows per ClickHouse insert.",
     buckets=(1, 10, 100, 500, 1000, 5000, 10_000, 50_000, 100_000),

@@ -29,11 +29,13 @@ def pipeline_topics(settings: KafkaSettings) -> list[str]:
 
 
 def create_topics(settings: KafkaSettings, names: list[str] | None = None,
-                  partitions: int | None = None, timeout: float = 30.0) -> dict[str, str]:
+                  partitions: int | None = None, timeout: float = 30.0,
+                  config: dict[str, str] | None = None) -> dict[str, str]:
     """Create ``names`` (default: :func:`pipeline_topics`) if they do not exist.
 
     Args:
         partitions: partitions per topic (default ``settings.partitions``).
+        config: topic configs, e.g. ``{"cleanup.policy": "compact"}``.
 
     Returns:
         topic -> ``"created"`` or ``"exists"``.
@@ -44,7 +46,8 @@ def create_topics(settings: KafkaSettings, names: list[str] | None = None,
     names = names or pipeline_topics(settings)
     client = admin(settings)
     futures = client.create_topics(
-        [NewTopic(n, partitions or settings.partitions, settings.replication_factor) for n in names],
+        [NewTopic(n, partitions or settings.partitions, settings.replication_factor, config=config or {})
+         for n in names],
         request_timeout=timeout,
     )
     result: dict[str, str] = {}

@@ -1,12 +1,23 @@
 """The processor: a faust-streaming app consuming the samples topic.
 
-Per batch of Kafka records (``Stream.take_events``): decode, verify and
-normalize (:class:`~streams.processor.stages.RecordProcessor`), send rejected
-records to the dead-letter topic and wait for the broker's acknowledgement,
-insert accepted samples into ClickHouse and wait for it, and only then let
-Faust acknowledge the events. Faust commits acknowledged offsets only, so an
-offset is committed after its rows are in ClickHouse (at-least-once; the
-table's ReplacingMergeTree removes redelivered rows).
+Per batch of Kafka records (``Stream.take_events``):
+
+1. decode, verify and normalize each record
+   (:class:`~streams.processor.stages.RecordProcessor`);
+2. check event-time lateness and run the pipeline's sinks (transformer
+   chains, :mod:`streams.pipeline`) against a batch-local copy of each
+   resource's state (:class:`~streams.processor.state.BatchState`);
+3. send rejected records to the dead-letter topic and wait for the broker;
+4. add outputs to their publishers and flush them all (ClickHouse insert,
+   Kafka re-publish) and wait;
+5. write changed states to the Faust table, flush its changelog;
+6. only then let Faust acknowledge the events. Faust commits acknowledged
+   offsets only.
+
+So an offset is committed after its rows are stored, and state never runs
+ahead of storage: a crash anywhere replays the batch, and replayed samples
+derive the same rows (deterministic ids; the ReplacingMergeTree removes
+duplicates) or are recognised as already seen.
 
 If the sink or the dead-letter producer fails for good, the process exits at
 once with status 70 *without* acknowledging the batch (``take_events`` would
@@ -21,16 +32,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import faust
 
-from streams.codec import BatchCodec
-from streams.config import Settings
-from streams.observability import RECORDS_REJECTED, SAMPLES_PROCESSED, MetricsServer
+from streams.codec import BatchCodec, RejectedMessage
+from streams.config import ConfigError, Settings
+from streams.observability import RECORDS_REJECTED, SAMPLES_DERIVED, SAMPLES_PROCESSED, MetricsServer
+from streams.pipeline import load_pipeline
 from streams.processor.normalize import Normalizer
+from streams.processor.publishers import open_publisher
 from streams.processor.stages import RecordProcessor, dlq_headers
-from streams.storage.clickhouse import ClickHouseSink
+from streams.processor.state import BatchState, changelog_topic, create_state_table
+from streams.topics import create_topics, describe_topics
 
 log = logging.getLogger(__name__)
 
@@ -51,31 +67,32 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
         (app, metrics service): run both with ``faust.Worker(app, metrics)``.
 
     Raises:
-        ConfigError: no signing key configured.
+        ConfigError: no signing key configured, or a bad pipeline file.
     """
     k, p = settings.kafka, settings.processor
     codec = BatchCodec(settings.signing.keyring())
     stages = RecordProcessor(codec, Normalizer(p.max_future_skew))
+    pipeline = load_pipeline(p.pipeline)
     session_timeout = k.session_timeout_ms / 1000
     Path(p.data_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         p.app_id,
         broker=[f"kafka://{b.strip()}" for b in k.bootstrap_servers.split(",")],
-        broker_credentials=None,
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=False,
         topic_disable_leader=True,
-        topic_allow_declare=False,
+        topic_allow_declare=False,  # every topic is created explicitly (streams topics create)
         store="memory://",
         datadir=p.data_dir,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=session_timeout,
         broker_heartbeat_interval=max(0.5, session_timeout / 6),
-        broker_commit_interval=1.0,
+        broker_commit_interval=p.commit_interval,
         stream_wait_empty=False,
     )
     samples_topic = app.topic(k.samples_topic, key_serializer="raw", value_serializer="raw")
+    table = create_state_table(app, k.partitions)
     rebalances = 0
 
     @app.on_partitions_assigned.connect
@@ -89,33 +106,71 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
 
     @app.agent(samples_topic, name="process_samples")
     async def process_samples(stream: faust.StreamT) -> None:
-        sink = ClickHouseSink(settings.clickhouse, retry_for=float("inf"))
+        publishers = {url: open_publisher(url, settings, codec) for url in pipeline.publishers}
         async for events in stream.take_events(p.batch_size, within=p.batch_timeout):
-            samples, rejected = stages.process([e.message.value for e in events])
-            for r in rejected:
-                msg = events[r.index].message
-                headers = list(msg.headers or []) + dlq_headers(r.error, msg.topic, msg.partition, msg.offset)
+            state = BatchState(table)
+            outputs: dict[str, list] = {}
+            rejected: list[tuple[Any, RejectedMessage]] = []
+            received = 0
+            for event in events:
+                msg = event.message
                 try:
-                    await app.producer.send_and_wait(
-                        k.dlq_topic, msg.key, msg.value, None, None, headers
-                    )
+                    samples = stages.decode_record(msg.value)
+                    if pipeline.stateful:
+                        pipeline.check_lateness(samples, state.get(samples[0]["resource_id"], msg.partition))
+                    pipeline.route(samples, partial(state.get, partition=msg.partition), outputs)
+                    received += len(samples)
+                except RejectedMessage as exc:
+                    rejected.append((msg, exc))
+            for msg, error in rejected:
+                headers = list(msg.headers or []) + dlq_headers(error, msg.topic, msg.partition, msg.offset)
+                try:
+                    await app.producer.send_and_wait(k.dlq_topic, msg.key, msg.value, None, None, headers)
                 except Exception:  # noqa: BLE001
                     _die(f"dead-letter topic {k.dlq_topic} refused a record")
-                RECORDS_REJECTED.labels(stage=r.error.stage, reason=r.error.reason).inc()
-                log.warning("record %s[%d]@%d rejected: %s", msg.topic, msg.partition, msg.offset, r.error)
-            if samples:
-                sink.add(samples)
-                try:
-                    await asyncio.to_thread(sink.flush)
-                except Exception:  # noqa: BLE001
-                    _die("ClickHouse insert failed")
-                SAMPLES_PROCESSED.inc(len(samples))
+                RECORDS_REJECTED.labels(stage=error.stage, reason=error.reason).inc()
+                log.warning("record %s[%d]@%d rejected: %s", msg.topic, msg.partition, msg.offset, error)
+            for url, samples in outputs.items():
+                if samples:
+                    publishers[url].add(samples)
+                    SAMPLES_DERIVED.labels(scheme=url.split(":", 1)[0]).inc(len(samples))
+            try:
+                for url in outputs:
+                    await asyncio.to_thread(publishers[url].flush)
+            except Exception:  # noqa: BLE001
+                _die("a publisher could not store the batch")
+            # State goes to the changelog only after the outputs are durable, and is
+            # flushed before the events are acknowledged (when this loop asks for more).
+            if state.commit():
+                await app.producer.flush()
+            SAMPLES_PROCESSED.inc(received)
 
     return app, metrics
 
 
+def ensure_state_topic(settings: Settings) -> None:
+    """Create the state table's changelog topic (compacted, partitions = samples topic's).
+
+    Raises:
+        ConfigError: the samples topic is missing, or the changelog exists with
+            another partition count (state would not follow its resources).
+    """
+    k = settings.kafka
+    partitions = describe_topics(k)
+    if k.samples_topic not in partitions:
+        raise ConfigError(f"topic {k.samples_topic!r} does not exist; run `streams topics create` first")
+    n = partitions[k.samples_topic]
+    if n != k.partitions:
+        raise ConfigError(f"kafka.partitions is {k.partitions} but topic {k.samples_topic!r} has {n} partitions")
+    name = changelog_topic(settings.processor.app_id)
+    if name in partitions and partitions[name] != n:
+        raise ConfigError(f"changelog {name!r} has {partitions[name]} partitions, {k.samples_topic!r} has {n}")
+    create_topics(k, [name], partitions=n, config={"cleanup.policy": "compact"})
+
+
 def run(settings: Settings, loglevel: str = "info") -> None:
     """Run the processor until SIGTERM/SIGINT (blocking). Exits the process."""
+    ensure_state_topic(settings)
     app, metrics = create_app(settings)
     worker = faust.Worker(app, metrics, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

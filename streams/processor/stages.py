@@ -53,6 +53,16 @@ class RecordProcessor:
         self.codec = codec
         self.normalizer = normalizer
 
+    def decode_record(self, value: bytes | None) -> list[Sample]:
+        """Decode, verify and normalize one record value.
+
+        Raises:
+            RejectedMessage: the record goes to the dead-letter topic.
+        """
+        if not value:
+            raise RejectedMessage("decode", "empty", "record has no value")
+        return self.normalizer.normalize(self.codec.decode(value))
+
     def process(self, values: Sequence[bytes | None]) -> tuple[list[Sample], list[Rejection]]:
         """Process record values in order.
 
@@ -64,9 +74,7 @@ class RecordProcessor:
         rejected: list[Rejection] = []
         for i, value in enumerate(values):
             try:
-                if not value:
-                    raise RejectedMessage("decode", "empty", "record has no value")
-                samples.extend(self.normalizer.normalize(self.codec.decode(value)))
+                samples.extend(self.decode_record(value))
             except RejectedMessage as exc:
                 rejected.append(Rejection(i, exc))
         return samples, rejected

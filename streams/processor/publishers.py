@@ -1,0 +1,110 @@
+"""Publishers of a pipeline's sinks, chosen by URL scheme (Ceilometer's ``get_publisher``).
+
+Each publisher has two methods, and one contract: :meth:`Publisher.add`
+buffers samples; :meth:`Publisher.flush` makes them durable and raises if it
+cannot. The processor calls ``flush`` (in a worker thread) for every
+publisher before it acknowledges the Kafka records the samples came from, so
+if ``flush`` fails nothing of the batch is acknowledged and Kafka redelivers it.
+
+Built-ins, registered as entry points in the ``streams.publishers`` group:
+
+* ``clickhouse://`` — the configured ClickHouse store (settings ``clickhouse.url``);
+* ``kafka://<topic>`` — re-publish as signed SampleBatch records, keyed by resource_id;
+* ``log://[level]`` — log each sample (debugging; nothing durable).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from urllib.parse import urlsplit
+
+from streams.codec import BatchCodec, Sample
+from streams.config import ConfigError, Settings
+from streams.publisher import KafkaPublisher
+from streams.storage.clickhouse import ClickHouseSink
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "streams.publishers"
+
+
+class Publisher(abc.ABC):
+    """Buffers samples and makes them durable on :meth:`flush`."""
+
+    @abc.abstractmethod
+    def add(self, samples: Sequence[Sample]) -> None:
+        """Buffer ``samples`` (the processor's batch for this publisher)."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Make everything added durable; raise if that is impossible."""
+
+
+class ClickHousePublisher(Publisher):
+    """``clickhouse://``: the sink of :mod:`streams.storage.clickhouse`, retrying while the server is away."""
+
+    def __init__(self, url: str, settings: Settings, codec: BatchCodec) -> None:
+        self.sink = ClickHouseSink(settings.clickhouse, retry_for=float("inf"))
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        self.sink.add(samples)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+
+class KafkaRepublisher(Publisher):
+    """``kafka://<topic>``: derived samples as signed records on another topic.
+
+    Raises on :meth:`flush` if any record was not acknowledged by the broker.
+    """
+
+    def __init__(self, url: str, settings: Settings, codec: BatchCodec) -> None:
+        parts = urlsplit(url)
+        topic = parts.netloc or parts.path.strip("/")
+        self.publisher = KafkaPublisher(settings.kafka, codec, topic)
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        self.publisher.publish(samples)
+
+    def flush(self) -> None:
+        failed_before = self.publisher.failed
+        if self.publisher.flush(60) or self.publisher.failed != failed_before:
+            raise RuntimeError(f"kafka publisher to {self.publisher.topic}: records not acknowledged")
+
+
+class LogPublisher(Publisher):
+    """``log://[level]``: one log line per sample (default level INFO)."""
+
+    def __init__(self, url: str, settings: Settings, codec: BatchCodec) -> None:
+        level = (urlsplit(url).netloc or "info").upper()
+        self.level = logging.getLevelName(level)
+        if not isinstance(self.level, int):
+            raise ConfigError(f"publisher {url!r}: unknown log level {level!r}")
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        for s in samples:
+            log.log(self.level, "sample %s %s=%s %s at %d", s["resource_id"], s["name"], s["volume"], s["unit"],
+                    s["timestamp"])
+
+    def flush(self) -> None:
+        return None
+
+
+def open_publisher(url: str, settings: Settings, codec: BatchCodec) -> Publisher:
+    """Instantiate the publisher registered for ``url``'s scheme.
+
+    Raises:
+        ConfigError: no publisher is registered for the scheme.
+    """
+    scheme = urlsplit(url).scheme
+    found = entry_points(group=ENTRY_POINT_GROUP, name=scheme)
+    if not found:
+        builtin = {"clickhouse": ClickHousePublisher, "kafka": KafkaRepublisher, "log": LogPublisher}.get(scheme)
+        if builtin is None:
+            raise ConfigError(f"no publisher for scheme {scheme!r} (url {url!r})")
+        return builtin(url, settings, codec)
+    return next(iter(found)).load()(url, settings, codec)
