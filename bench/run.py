@@ -1,14 +1,17 @@
-"""``make bench``: what the pipeline costs on this machine, measured in one run.
+"""``make bench``: what the pipeline costs on this machine, measured side by side in one run.
 
 Figures:
-  1. codec, in-process: encode+sign, verify and decode, microseconds per sample
-     (records of 7 samples, like one host's poll);
-  2. publisher: signed+encoded samples/s delivered to the local broker by one
-     ``KafkaPublisher`` (includes the final flush);
-  3. processor, end to end: one ``streams process`` worker drains the topic
-     filled in (2) into ClickHouse; samples/s from its readiness to the last
-     row visible, its peak RSS, and produce->row-visible latency percentiles
-     of a small paced stream that follows.
+  * codec, in-process: encode+sign, verify and decode, microseconds per sample
+    (records of 7 samples, like one host's poll);
+  * publisher: signed+encoded samples/s delivered to the local broker by one
+    ``KafkaPublisher`` (includes the final flush); this pre-loads the topic;
+  * three consumers of that same pre-loaded topic, one after the other, each
+    with its own consumer group and ClickHouse database:
+      1. the processor as shipped (``streams process``, one worker);
+      2. a naive per-event Faust agent doing the same work (``bench/naive_agent.py``);
+      3. a raw loop: confluent-kafka + fastavro + columnar insert (``bench/raw_loop.py``);
+    samples/s (from readiness to the last row visible), peak RSS, ratios 1/2, 1/3;
+  * produce -> row-visible latency percentiles of a paced stream.
 
 Usage: ``python bench/run.py [--samples N] [--out bench/results.json]``.
 Needs the local services (``streams dev up``). Prints figures; asserts nothing.
@@ -103,9 +106,127 @@ def ready(port: int) -> bool:
         return False
 
 
+class Variant:
+    """One consumer of the pre-loaded topic: own consumer group, own ClickHouse database."""
+
+    def __init__(self, base_env: dict[str, str], services: dict[str, str], label: str) -> None:
+        self.label = label
+        self.db = f"{base_env['BENCH_NAME']}_{label}"
+        self.port = free_port()
+        self.env = {**base_env,
+                    "STREAMS_CLICKHOUSE__URL": f"clickhouse://default@{services['clickhouse']}/{self.db}",
+                    "STREAMS_PROCESSOR__APP_ID": self.db,
+                    "STREAMS_PROCESSOR__METRICS_PORT": str(self.port),
+                    "STREAMS_PROCESSOR__DATA_DIR": str(devenv.dev_dir() / "bench" / self.db)}
+        self.settings = load_settings(clickhouse={"url": self.env["STREAMS_CLICKHOUSE__URL"]})
+        self.ch = connect(self.settings.clickhouse)
+        migrate(self.ch, self.db)
+        self.peak_rss = 0
+
+    def rows(self) -> int:
+        """Input samples stored (derived rows of the bench pipeline not counted)."""
+        return self.ch.execute(f"SELECT count() FROM {self.db}.samples WHERE name != 'bench.cpu_rate'")[0][0]
+
+    def spawn(self, argv: list[str]) -> subprocess.Popen:
+        log = open(devenv.dev_dir() / f"bench-{self.label}.log", "w")
+        return subprocess.Popen([sys.executable, *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def watch(self, proc: subprocess.Popen, until, limit_s: float) -> float:
+        """Sample RSS every 0.25 s until ``until()`` or ``limit_s``; return elapsed seconds."""
+        ps = psutil.Process(proc.pid)
+        t = time.perf_counter()
+        while not until() and time.perf_counter() - t < limit_s:
+            if proc.poll() is not None:
+                raise SystemExit(f"{self.label} exited with {proc.returncode}; see .dev/bench-{self.label}.log")
+            try:
+                self.peak_rss = max(self.peak_rss, ps.memory_info().rss)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.25)
+        return time.perf_counter() - t
+
+    def wait_ready(self, proc: subprocess.Popen) -> None:
+        self.watch(proc, lambda: ready(self.port), 120)
+
+    def drop(self) -> None:
+        self.ch.execute(f"DROP DATABASE IF EXISTS {self.db}")
+
+
+def run_processor(v: Variant, total: int) -> dict:
+    proc = v.spawn(["-m", "streams.cli", "process"])
+    try:
+        v.wait_ready(proc)
+        elapsed = v.watch(proc, lambda: v.rows() >= total, 900)
+        stored = v.rows()
+        return {"samples": stored, "seconds": round(elapsed, 2), "samples_per_s": round(stored / elapsed),
+                "peak_rss_mib": round(v.peak_rss / 2**20, 1)}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_naive(v: Variant, total: int, window_s: float) -> dict:
+    proc = v.spawn([str(ROOT / "bench" / "naive_agent.py")])
+    try:
+        v.wait_ready(proc)
+        first = v.rows()
+        elapsed = v.watch(proc, lambda: v.rows() >= total, window_s)
+        stored = v.rows() - first
+        return {"samples": stored, "seconds": round(elapsed, 2), "samples_per_s": round(stored / elapsed),
+                "peak_rss_mib": round(v.peak_rss / 2**20, 1),
+                "note": f"time-boxed to {window_s:.0f}s; one INSERT per record"}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_raw(v: Variant, total: int) -> dict:
+    proc = v.spawn([str(ROOT / "bench" / "raw_loop.py"), "--samples", str(total)])
+    v.watch(proc, lambda: proc.poll() is not None, 900)
+    out = (devenv.dev_dir() / f"bench-{v.label}.log").read_text().split()
+    done, elapsed = int(out[-2]), float(out[-1])
+    return {"samples": done, "seconds": round(elapsed, 2), "samples_per_s": round(done / elapsed),
+            "peak_rss_mib": round(v.peak_rss / 2**20, 1),
+            "note": "confluent-kafka consume + fastavro decode + columnar insert; no verify/normalize/transform"}
+
+
+def measure_latency(v: Variant, pub: KafkaPublisher, records: int = 200) -> dict:
+    """Paced stream into a running processor: produce -> row visible, in ms."""
+    proc = v.spawn(["-m", "streams.cli", "process"])
+    try:
+        v.wait_ready(proc)
+        v.watch(proc, lambda: v.rows() >= pub.delivered, 900)  # drain the backlog first
+        lat_records = make_samples(records, resources=50, base_us=time.time_ns() // 1000)
+        sent: dict[str, float] = {}
+        for r in lat_records:
+            sent[r[0]["message_id"]] = time.time()
+            pub.publish(r)
+            pub.poll(0)
+            time.sleep(0.02)
+        pub.flush(30)
+        seen: dict[str, float] = {}
+        deadline = time.time() + 60
+        while len(seen) < len(sent) and time.time() < deadline:
+            missing = tuple(i for i in sent if i not in seen)
+            rows = v.ch.execute(f"SELECT message_id FROM {v.db}.samples WHERE message_id IN %(ids)s",
+                                {"ids": missing})
+            now = time.time()
+            for (mid,) in rows:
+                seen.setdefault(mid, now)
+            time.sleep(0.05)
+        lats = sorted((seen[m] - sent[m]) * 1000 for m in seen)
+        q = statistics.quantiles(lats, n=100)
+        return {"p50": round(q[49]), "p95": round(q[94]), "p99": round(q[98]), "max": round(lats[-1]),
+                "records": len(lats), "note": "rows polled every 50 ms; batch_timeout (1 s) bounds it"}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=420_000, help="samples to publish and process")
+    ap.add_argument("--samples", type=int, default=840_000, help="samples pre-loaded into the topic")
+    ap.add_argument("--naive-window", type=float, default=30.0, help="seconds the naive agent runs")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
 
@@ -113,21 +234,18 @@ def main() -> None:
     name = f"bench{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
+        "BENCH_NAME": name,
         "STREAMS_KAFKA__BOOTSTRAP_SERVERS": services["kafka"],
         "STREAMS_KAFKA__SAMPLES_TOPIC": f"{name}.samples",
         "STREAMS_KAFKA__DLQ_TOPIC": f"{name}.samples.dlq",
-        "STREAMS_CLICKHOUSE__URL": f"clickhouse://default@{services['clickhouse']}/{name}",
         "STREAMS_SIGNING__KEYS": json.dumps(KEYS),
-        "STREAMS_PROCESSOR__APP_ID": name,
-        "STREAMS_PROCESSOR__DATA_DIR": str(devenv.dev_dir() / "bench-faust"),
         "STREAMS_LOG_LEVEL": "WARNING",
+        "STREAMS_PROCESSOR__PIPELINE": str(ROOT / "bench" / "pipeline.yaml"),
     }
     env.pop("STREAMS_CONFIG", None)
     os.environ.update({k: v for k, v in env.items() if k.startswith("STREAMS_")})
     settings = load_settings()
     create_topics(settings.kafka)
-    ch = connect(settings.clickhouse)
-    migrate(ch, name)
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
 
     n_records = args.samples // PER_RECORD
@@ -136,7 +254,7 @@ def main() -> None:
     for k, v in results["codec"].items():
         print(f"   {k:<30} {v}")
 
-    print(f"== publisher: {n_records * PER_RECORD} samples to the local broker")
+    print(f"== publisher: pre-loading {n_records * PER_RECORD} signed samples into {settings.kafka.samples_topic}")
     records = make_samples(n_records)
     pub = KafkaPublisher(settings.kafka, BatchCodec(settings.signing.keyring()))
     t = time.perf_counter()
@@ -144,78 +262,40 @@ def main() -> None:
         pub.publish(r)
     pub.flush(120)
     pub_s = time.perf_counter() - t
-    results["publisher"] = {
-        "samples": pub.delivered, "failed": pub.failed, "seconds": round(pub_s, 2),
-        "samples_per_s": round(pub.delivered / pub_s),
-    }
-    print(f"   {pub.delivered} delivered, {pub.failed} failed, {pub.delivered / pub_s:,.0f} samples/s")
+    del records
+    total = pub.delivered
+    results["publisher"] = {"samples": total, "failed": pub.failed, "seconds": round(pub_s, 2),
+                            "samples_per_s": round(total / pub_s)}
+    print(f"   {total} delivered, {pub.failed} failed, {total / pub_s:,.0f} samples/s")
 
-    print("== processor: one worker drains the topic into ClickHouse")
-    port = free_port()
-    env["STREAMS_PROCESSOR__METRICS_PORT"] = str(port)
-    log = open(devenv.dev_dir() / "bench-processor.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "process"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    ps = psutil.Process(proc.pid)
-    peak_rss = 0
+    variants = []
     try:
-        while not ready(port):
-            if proc.poll() is not None:
-                raise SystemExit(f"processor exited with {proc.returncode}; see {log.name}")
-            time.sleep(0.05)
-        t = time.perf_counter()
-        total = pub.delivered
-        stored = 0
-        while stored < total and time.perf_counter() - t < 600:
-            time.sleep(0.25)
-            peak_rss = max(peak_rss, ps.memory_info().rss)
-            stored = ch.execute(f"SELECT count() FROM {name}.samples")[0][0]
-        drain_s = time.perf_counter() - t
-        results["processor"] = {
-            "samples": stored, "seconds": round(drain_s, 2), "samples_per_s": round(stored / drain_s),
-            "peak_rss_mib": round(peak_rss / 2**20, 1),
-            "note": "includes the consumer's first fetches; readiness = joined the consumer group",
-        }
-        print(f"   {stored} rows in {drain_s:.1f}s: {stored / drain_s:,.0f} samples/s, "
-              f"peak RSS {peak_rss / 2**20:.0f} MiB")
+        for label, title, fn in (
+            ("shipped", "1. processor as shipped (streams process, one worker)", lambda v: run_processor(v, total)),
+            ("naive", "2. naive per-event Faust agent", lambda v: run_naive(v, total, args.naive_window)),
+            ("raw", "3. raw loop: consumer + fastavro + columnar insert", lambda v: run_raw(v, total)),
+        ):
+            print(f"== {title}")
+            v = Variant(env, services, label)
+            variants.append(v)
+            results[label] = fn(v)
+            r = results[label]
+            print(f"   {r['samples']} rows in {r['seconds']}s: {r['samples_per_s']:,} samples/s, "
+                  f"peak RSS {r['peak_rss_mib']:.0f} MiB")
+        shipped, naive, raw = (results[k]["samples_per_s"] for k in ("shipped", "naive", "raw"))
+        results["ratios"] = {"shipped_vs_naive": round(shipped / naive, 2), "shipped_vs_raw": round(shipped / raw, 2)}
+        print(f"== ratios: shipped/naive {shipped / naive:.2f}x, shipped/raw {shipped / raw:.2f}")
 
-        print("== latency: 200 records, one every 20 ms, produce -> row visible")
-        lat_records = make_samples(200, resources=50, base_us=time.time_ns() // 1000)
-        sent: dict[str, float] = {}
-        for r in lat_records:
-            sent[r[0]["message_id"]] = time.time()
-            pub.publish(r)
-            pub.poll(0)
-            time.sleep(0.02)
-        pub.flush(30)
-        ids = list(sent)
-        deadline = time.time() + 60
-        seen: dict[str, float] = {}
-        while len(seen) < len(ids) and time.time() < deadline:
-            rows = ch.execute(
-                f"SELECT message_id, toUnixTimestamp(inserted_at) FROM {name}.samples WHERE message_id IN %(ids)s",
-                {"ids": [i for i in ids if i not in seen]})
-            now = time.time()
-            for mid, _ in rows:
-                seen.setdefault(mid, now)
-            time.sleep(0.05)
-        lats = sorted((seen[m] - sent[m]) * 1000 for m in seen)
-        if lats:
-            q = statistics.quantiles(lats, n=100)
-            results["latency_ms"] = {"p50": round(q[49]), "p95": round(q[94]), "p99": round(q[98]),
-                                     "max": round(lats[-1]), "records": len(lats),
-                                     "note": "polled every 50 ms; batch_timeout 1 s bounds it"}
-            print(f"   p50 {q[49]:.0f} ms, p95 {q[94]:.0f} ms, p99 {q[98]:.0f} ms ({len(lats)} records)")
+        print("== latency: 200 records, one every 20 ms, produce -> row visible (processor as shipped)")
+        v = Variant(env, services, "latency")
+        variants.append(v)
+        results["latency_ms"] = measure_latency(v, pub)
+        lat = results["latency_ms"]
+        print(f"   p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
     finally:
-        proc.terminate()
-        proc.wait(30)
-        ch.execute(f"DROP DATABASE IF EXISTS {name}")
+        for v in variants:
+            v.drop()
 
-    if "processor" in results and "publisher" in results:
-        results["ratios"] = {
-            "processor_vs_publisher": round(results["processor"]["samples_per_s"]
-                                            / results["publisher"]["samples_per_s"], 2),
-        }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"== written to {args.out}")

@@ -250,8 +250,10 @@ class BatchCodec:
         """
         writer, _ = self.verify(record)
         try:
+            body = io.BytesIO(record)
+            body.seek(HEADER_SIZE)
             batch = fastavro.schemaless_reader(
-                io.BytesIO(record[HEADER_SIZE:]),
+                body,
                 writer.parsed,
                 # Schema resolution only when the writer schema differs: it costs ~2x.
                 None if writer is self._batch else self._batch.parsed,

@@ -126,11 +126,19 @@ def demo(ctx: click.Context, duration: int, keep_services: bool) -> None:
 
         echo("\n== Latest cpu utilisation per resource (top 15 by utilisation)")
         echo(_table(client.execute(
-            "SELECT resource_id, any(resource_metadata.value[indexOf(resource_metadata.key, 'name')]) AS proc, "
+            "SELECT resource_id, if(any(resource_metadata.value[indexOf(resource_metadata.key, 'kind')]) = 'host', "
+            "'(host)', any(resource_metadata.value[indexOf(resource_metadata.key, 'name')])) AS proc, "
             "round(argMax(volume, timestamp_us), 2) AS cpu_util_pct, "
             "toString(max(timestamp)) AS at "
             f"{where} AND name = 'cpu_util' GROUP BY resource_id ORDER BY cpu_util_pct DESC LIMIT 15"),
             ("resource", "process", "cpu_util %", "at (UTC)")))
+        if settings.processor.pipeline:
+            echo(f"\n== Derived by the pipeline ({settings.processor.pipeline}): latest value per host meter")
+            echo(_table(client.execute(
+                "SELECT name, unit, round(argMax(volume, timestamp_us), 1), count() "
+                f"{where} AND resource_metadata.value[indexOf(resource_metadata.key, 'kind')] = 'host' "
+                "AND name LIKE '%.rate' GROUP BY name, unit ORDER BY name"),
+                ("meter", "unit", "latest", "samples")))
         rows, resources = stored()
         echo(f"\n{rows} samples from {resources} resources stored in {db}.samples "
              f"(ClickHouse {settings.clickhouse.url.rsplit('@', 1)[-1]})")

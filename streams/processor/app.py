@@ -1,6 +1,7 @@
 """The processor: a faust-streaming app consuming the samples topic.
 
-Per batch of Kafka records (``Stream.take_events``):
+Per batch of Kafka records (``Stream.noack_take``: nothing is acknowledged
+until this code does it):
 
 1. decode, verify and normalize each record
    (:class:`~streams.processor.stages.RecordProcessor`);
@@ -11,17 +12,19 @@ Per batch of Kafka records (``Stream.take_events``):
 4. add outputs to their publishers and flush them all (ClickHouse insert,
    Kafka re-publish) and wait;
 5. write changed states to the Faust table, flush its changelog;
-6. only then let Faust acknowledge the events. Faust commits acknowledged
-   offsets only.
+6. only then acknowledge the events. Faust commits acknowledged offsets only.
+
+Steps 1-2 of batch N+1 run on the event loop while steps 3-6 of batch N run
+(the inserts in a worker thread); at most one batch is being stored.
 
 So an offset is committed after its rows are stored, and state never runs
 ahead of storage: a crash anywhere replays the batch, and replayed samples
 derive the same rows (deterministic ids; the ReplacingMergeTree removes
 duplicates) or are recognised as already seen.
 
-If the sink or the dead-letter producer fails for good, the process exits at
-once with status 70 *without* acknowledging the batch (``take_events`` would
-otherwise ack it on the way out), and the restarted worker re-reads it.
+If a publisher or the dead-letter producer fails for good, the process exits
+at once with status 70 without acknowledging the batch, and the restarted
+worker re-reads it.
 
 Samples arrive keyed by resource_id, so no repartitioning is needed: all
 records of a resource are on one partition, hence in one worker.
@@ -58,6 +61,17 @@ def _die(message: str) -> None:
     log.critical("%s; exiting without acknowledging the batch", message, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_UNACKED_FAILURE)
+
+
+class _Batch:
+    """One batch of Kafka events between the prepare and store stages."""
+
+    def __init__(self, events: list, state: BatchState) -> None:
+        self.events = events
+        self.state = state
+        self.outputs: dict[str, list] = {}
+        self.rejected: list[tuple[Any, RejectedMessage]] = []
+        self.received = 0
 
 
 def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
@@ -107,22 +121,32 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     @app.agent(samples_topic, name="process_samples")
     async def process_samples(stream: faust.StreamT) -> None:
         publishers = {url: open_publisher(url, settings, codec) for url in pipeline.publishers}
-        async for events in stream.take_events(p.batch_size, within=p.batch_timeout):
-            state = BatchState(table)
-            outputs: dict[str, list] = {}
-            rejected: list[tuple[Any, RejectedMessage]] = []
-            received = 0
+        pending: dict = {}  # uncommitted states of the batch being stored
+        storing: asyncio.Future | None = None
+
+        def prepare(events: list) -> _Batch:
+            batch = _Batch(events, BatchState(table, pending))
             for event in events:
                 msg = event.message
                 try:
                     samples = stages.decode_record(msg.value)
                     if pipeline.stateful:
-                        pipeline.check_lateness(samples, state.get(samples[0]["resource_id"], msg.partition))
-                    pipeline.route(samples, partial(state.get, partition=msg.partition), outputs)
-                    received += len(samples)
+                        pipeline.check_lateness(samples, batch.state.get(samples[0]["resource_id"], msg.partition))
+                    pipeline.route(samples, partial(batch.state.get, partition=msg.partition), batch.outputs)
+                    batch.received += len(samples)
                 except RejectedMessage as exc:
-                    rejected.append((msg, exc))
-            for msg, error in rejected:
+                    batch.rejected.append((msg, exc))
+            return batch
+
+        def write(outputs: dict[str, list]) -> None:  # runs in a worker thread
+            for url, samples in outputs.items():
+                if samples:
+                    publishers[url].add(samples)
+                    publishers[url].flush()
+                    SAMPLES_DERIVED.labels(scheme=url.split(":", 1)[0]).inc(len(samples))
+
+        async def store(batch: _Batch) -> None:
+            for msg, error in batch.rejected:
                 headers = list(msg.headers or []) + dlq_headers(error, msg.topic, msg.partition, msg.offset)
                 try:
                     await app.producer.send_and_wait(k.dlq_topic, msg.key, msg.value, None, None, headers)
@@ -130,20 +154,27 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                     _die(f"dead-letter topic {k.dlq_topic} refused a record")
                 RECORDS_REJECTED.labels(stage=error.stage, reason=error.reason).inc()
                 log.warning("record %s[%d]@%d rejected: %s", msg.topic, msg.partition, msg.offset, error)
-            for url, samples in outputs.items():
-                if samples:
-                    publishers[url].add(samples)
-                    SAMPLES_DERIVED.labels(scheme=url.split(":", 1)[0]).inc(len(samples))
             try:
-                for url in outputs:
-                    await asyncio.to_thread(publishers[url].flush)
+                await asyncio.to_thread(write, batch.outputs)
             except Exception:  # noqa: BLE001
                 _die("a publisher could not store the batch")
-            # State goes to the changelog only after the outputs are durable, and is
-            # flushed before the events are acknowledged (when this loop asks for more).
-            if state.commit():
+            # State reaches the changelog only after the outputs are stored, and is
+            # flushed before the events are acknowledged.
+            if batch.state.commit():
                 await app.producer.flush()
-            SAMPLES_PROCESSED.inc(received)
+            for event in batch.events:
+                await stream.ack(event)
+            SAMPLES_PROCESSED.inc(batch.received)
+
+        # Two stages: batch N+1 is decoded and transformed while batch N is stored.
+        # At most one batch is being stored; a batch is acked only once stored.
+        async for events in stream.noack_take(p.batch_size, within=p.batch_timeout):
+            batch = prepare(events)
+            if storing is not None:
+                await storing
+            storing = asyncio.ensure_future(store(batch))
+        if storing is not None:
+            await storing
 
     return app, metrics
 

@@ -52,10 +52,20 @@ class BatchState:
     Transformers mutate copies; :meth:`commit` writes back only what changed,
     after the batch's outputs are durable, so the changelog never runs ahead
     of what storage holds.
+
+    The processor prepares batch N+1 while batch N is still being stored, so
+    reads go through ``pending``: states of earlier batches that are computed
+    but not yet committed. Batches commit in order.
+
+    Args:
+        table: the state table.
+        pending: shared ``resource_id -> (state, owner batch)`` of uncommitted states.
     """
 
-    def __init__(self, table: ResourceStateTable) -> None:
+    def __init__(self, table: ResourceStateTable,
+                 pending: dict[str, tuple[dict[str, Any], BatchState]] | None = None) -> None:
         self.table = table
+        self.pending = pending if pending is not None else {}
         self._copies: dict[str, dict[str, Any]] = {}
         self._originals: dict[str, Any] = {}
         self._partitions: dict[str, int] = {}
@@ -64,19 +74,23 @@ class BatchState:
         """The mutable state of ``resource_id`` for this batch (records its partition)."""
         state = self._copies.get(resource_id)
         if state is None:
-            original = self.table.get(resource_id)
-            self._originals[resource_id] = original
+            earlier = self.pending.get(resource_id)
+            original = earlier[0] if earlier is not None else self.table.get(resource_id)
+            self._originals[resource_id] = copy.deepcopy(original) if original else {}
             state = self._copies[resource_id] = copy.deepcopy(original) if original else {}
             self._partitions[resource_id] = partition
+            self.pending[resource_id] = (state, self)
         return state
 
     def commit(self) -> int:
         """Write changed states to the table (and so to its changelog); returns how many."""
         written = 0
         for rid, state in self._copies.items():
-            if state != (self._originals[rid] or {}):
+            if state != self._originals[rid]:
                 self.table.write_partition = self._partitions[rid]
                 self.table[rid] = state
                 written += 1
+            if self.pending.get(rid, (None, None))[1] is self:
+                del self.pending[rid]
         self.table.write_partition = None
         return written

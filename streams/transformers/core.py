@@ -116,6 +116,8 @@ class _Target:
         return out
 
     def accepts(self, sample: Sample) -> bool:
+        if not self.maps and self.source_unit is None:
+            return True
         if self.source_unit is not None and sample["unit"] != self.source_unit:
             return False
         return all(pattern.search(sample[field]) for field, (pattern, _) in self.maps.items())  # type: ignore[literal-required]
