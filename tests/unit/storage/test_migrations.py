@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from streams.storage.migrations import MIGRATIONS, apply, status
+from streams.storage.schema import Dialect, ServerVersion, alarm_history_ddl, resources_ddl, rollup_ddl, samples_ddl
+
+
+def test_migrations_are_numbered_in_order():
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_old_server_ddl_has_no_modern_features():
+    d = Dialect(ServerVersion(18, 16), retention_days=30)
+    ddl = "\n".join([samples_ddl("db", d), *resources_ddl("db", d), *rollup_ddl("db", d, "1m"),
+                     alarm_history_ddl("db", d)])
+    for feature in ("DateTime64", "LowCardinality", "CODEC", "TTL"):
+        assert feature not in ddl
+    assert "AggregatingMergeTree" in ddl and "ReplacingMergeTree" in ddl
+
+
+def test_modern_ddl_uses_codecs_ttl_and_datetime64():
+    ddl = samples_ddl("db", Dialect(ServerVersion(26, 9), retention_days=30))
+    assert "DateTime64(6, 'UTC')" in ddl and "LowCardinality(String)" in ddl
+    assert "CODEC(Gorilla, ZSTD(1))" in ddl and "CODEC(Delta, ZSTD(1))" in ddl
+    assert "TTL toDateTime(timestamp) + INTERVAL 30 DAY" in ddl
+    assert "TTL" not in samples_ddl("db", Dialect(ServerVersion(26, 9), retention_days=0))
+
+
+def test_migrations_apply_on_chdb_once_and_are_recorded(chdb_conn):
+    states = status(chdb_conn)
+    assert all(s.applied_at for s in states) and len(states) == len(MIGRATIONS)
+    assert apply(chdb_conn) == []  # idempotent: nothing pending
+    tables = {r[0] for r in chdb_conn.execute("SHOW TABLES FROM t")}
+    assert {"samples", "resources", "rollups_1m", "rollups_1h", "alarm_history", "sink_flushes",
+            "dead_letters", "schema_migrations"} <= tables
+    types = dict(chdb_conn.execute("SELECT name, type FROM system.columns WHERE database = 't' AND table = 'samples'"))
+    assert types["timestamp"] == "DateTime64(6, 'UTC')" and types["name"] == "LowCardinality(String)"
+    [(ddl,)] = chdb_conn.execute("SELECT create_table_query FROM system.tables WHERE database = 't' AND name = 'samples'")
+    assert "TTL" in ddl and "Gorilla" in ddl
+    assert states[-1].note.startswith("skip: chdb has no users")
+
+
+def test_a_failed_migration_stays_pending(chdb_conn, monkeypatch):
+    from streams.storage import migrations
+
+    chdb_conn.execute("DROP TABLE t.alarm_history")
+    chdb_conn.execute("ALTER TABLE t.schema_migrations DELETE WHERE version = 4 SETTINGS mutations_sync = 1")
+    broken = migrations.Migration(4, "alarm_history", lambda c, d, o: ["CREATE TABLE nonsense"])
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*MIGRATIONS[:3], broken, *MIGRATIONS[4:]))
+    try:
+        apply(chdb_conn)
+    except Exception:  # noqa: BLE001
+        pass
+    assert [s.version for s in status(chdb_conn) if s.applied_at is None] == [4]
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    assert [s.version for s in apply(chdb_conn)] == [4]

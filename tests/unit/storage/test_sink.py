@@ -1,0 +1,70 @@
+"""The sink on chdb: columnar inserts, redelivered samples skipped, rollups equal raw."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.storage.clickhouse import ClickHouseSink
+from tests.conftest import make_test_sample
+
+BASE_US = 1_795_000_000_000_000
+
+
+def _samples(n: int) -> list[dict]:
+    return [make_test_sample(name=("cpu_util", "memory.usage")[i % 2], resource_id=f"r{i % 5}",
+                             volume=float(i * 3 % 17), timestamp=BASE_US + i * 7_000_000) for i in range(n)]
+
+
+def rollups_agree(conn, table: str) -> None:
+    raw = conn.execute(f"""
+        SELECT name, resource_id, intDiv(timestamp_us, {60_000_000 if table.endswith('1m') else 3_600_000_000}) AS b,
+               count(), min(volume), max(volume), sum(volume), avg(volume), argMax(volume, timestamp_us)
+        FROM t.samples FINAL GROUP BY name, resource_id, b ORDER BY name, resource_id, b""")
+    roll = conn.execute(f"""
+        SELECT name, resource_id, intDiv(toUInt32(bucket), {60 if table.endswith('1m') else 3600}) AS b,
+               countMerge(count), minMerge(min), maxMerge(max), sumMerge(sum), avgMerge(avg), argMaxMerge(last)
+        FROM t.{table} GROUP BY name, resource_id, b ORDER BY name, resource_id, b""")
+    assert len(raw) == len(roll) > 0
+    for r, g in zip(raw, roll, strict=True):
+        assert r[:4] == g[:4]
+        assert g[4:] == pytest.approx(r[4:])
+
+
+def test_redelivered_samples_are_skipped_and_rollups_agree(chdb_conn):
+    sink = ClickHouseSink(chdb_conn.settings, connection=chdb_conn)
+    first = _samples(300)
+    sink.add(first)
+    assert sink.flush() == 300
+    # A replay: the tail of the first batch again, a repeat inside the batch, and new samples.
+    new = [make_test_sample(resource_id="r9", timestamp=BASE_US + 5)]
+    sink.add(first[200:] + first[200:201] + new)
+    assert sink.flush() == 1
+    assert sink.duplicates == 101
+    [(n, uniq)] = chdb_conn.execute("SELECT count(), uniqExact(message_id) FROM t.samples")
+    assert n == uniq == 301
+    for table in ("rollups_1m", "rollups_1h"):
+        rollups_agree(chdb_conn, table)
+    [(rows, dups)] = chdb_conn.execute("SELECT sum(rows), sum(duplicates) FROM t.sink_flushes")
+    assert (rows, dups) == (301, 101)
+
+
+def test_empty_flush_and_buffer_kept_on_error(chdb_conn):
+    sink = ClickHouseSink(chdb_conn.settings, connection=chdb_conn)
+    assert sink.flush() == 0
+    sink.add([make_test_sample()])
+    chdb_conn.execute("RENAME TABLE t.samples TO t.samples_away")
+    with pytest.raises(Exception):  # noqa: B017 (the engine's error type)
+        sink.flush()
+    assert len(sink) == 1
+    chdb_conn.execute("RENAME TABLE t.samples_away TO t.samples")
+    assert sink.flush() == 1
+
+
+def test_resources_keep_latest_metadata(chdb_conn):
+    sink = ClickHouseSink(chdb_conn.settings, connection=chdb_conn)
+    sink.add([make_test_sample(resource_id="vm1", timestamp=BASE_US, resource_metadata={"flavor": "small"}),
+              make_test_sample(resource_id="vm1", timestamp=BASE_US + 10, resource_metadata={"flavor": "big"})])
+    sink.flush()
+    sink.add([make_test_sample(resource_id="vm1", timestamp=BASE_US - 10, resource_metadata={"flavor": "old"})])
+    sink.flush()
+    assert chdb_conn.execute("SELECT metadata_values FROM t.resources FINAL WHERE resource_id = 'vm1'") == [(["big"],)]
