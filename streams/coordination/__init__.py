@@ -1,11 +1,19 @@
-"""Coordination through ZooKeeper (kazoo): connection and leader election.
+"""Coordination through ZooKeeper (kazoo): connection, leader election, and the modules below.
 
 Everything here is optional: with ``coordination.hosts`` unset, callers run
 as the only member (see :class:`~streams.config.CoordinationSettings`).
 
 Znode layout under ``coordination.root`` (default ``/streams``)::
 
-    /locks/<name>      kazoo Lock recipe: leader election for singleton jobs
+    /locks/<name>                   kazoo Lock recipe: leader election for singleton jobs (:func:`leader`)
+    /groups/<group>/<member id>     ephemeral: live members of a work-sharing group (membership.py)
+    /services/<binary>/<member id>  ephemeral JSON: the live-service registry (registry.py)
+    /hooks                          YAML/JSON: edge hooks of the polling agents, watched (watch.py)
+
+Modules: ``ring`` (consistent hash ring, pure), ``session`` (one kazoo session
+per process as a mode service, outage counting), ``membership``
+(:class:`~streams.coordination.membership.PartitionCoordinator`), ``registry``
+and ``watch``.
 """
 
 from __future__ import annotations

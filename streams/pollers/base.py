@@ -43,7 +43,16 @@ class Resource:
 
 
 class Discovery(abc.ABC):
-    """Finds the resources a pollster should measure."""
+    """Finds the resources a pollster should measure.
+
+    Registered under the ``streams.discovery`` entry-point group and built
+    with the source's static resources and parameters:
+    ``Discovery(resources=[...], **params)``; most discoveries ignore both.
+    """
+
+    def __init__(self, resources: Iterable[Resource] = (), **params: Any) -> None:
+        self.resources = list(resources)
+        self.params = params
 
     @abc.abstractmethod
     def discover(self) -> list[Resource]:
@@ -51,9 +60,25 @@ class Discovery(abc.ABC):
 
 
 class Pollster(abc.ABC):
-    """Measures resources and returns samples of its declared meters."""
+    """Measures resources and returns samples of its declared meters.
+
+    Registered under ``streams.pollsters.<agent>`` (``compute`` or ``central``)
+    and built as ``Pollster(source=..., **params)``, ``params`` being the
+    pollster's section of polling.yaml. A pollster whose meters come from its
+    parameters (e.g. the Prometheus scraper) sets ``meters`` per instance.
+
+    Attributes:
+        meters: what it can measure; polling.yaml may only name these.
+        default_discovery: name of the discovery plugin used when the source
+            names neither static resources nor a discovery.
+    """
 
     meters: tuple[Meter, ...] = ()
+    default_discovery: str = "static"
+
+    def __init__(self, source: str = "streams", **params: Any) -> None:
+        self.source = source
+        self.params = params
 
     @abc.abstractmethod
     def get_samples(self, resources: Iterable[Resource]) -> Iterable[Sample]:
@@ -98,3 +123,10 @@ def make_sample(
         "source": source,
         "message_signature": None,
     }
+
+
+class StaticDiscovery(Discovery):
+    """The source's ``resources`` from polling.yaml, as given (entry point ``static``)."""
+
+    def discover(self) -> list[Resource]:
+        return list(self.resources)

@@ -95,9 +95,10 @@ class HostPollster(Pollster):
     """Host-wide meters: cpu, cpu_util, memory.usage, disk and network bytes."""
 
     meters = (CPU, CPU_UTIL, MEMORY, DISK_READ, DISK_WRITE, NET_IN, NET_OUT)
+    default_discovery = "local_host"
 
-    def __init__(self, source: str = "streams") -> None:
-        self.source = source
+    def __init__(self, source: str = "streams", **params: object) -> None:
+        super().__init__(source, **params)
         self._util = _Utilisation()
 
     def get_samples(self, resources: Iterable[Resource]) -> list[Sample]:
@@ -137,7 +138,8 @@ class LocalProcessDiscovery(Discovery):
     pid is a new resource.
     """
 
-    def __init__(self, limit: int = 500) -> None:
+    def __init__(self, limit: int = 500, **kwargs: object) -> None:
+        super().__init__(**kwargs)
         self.limit = limit
 
     def discover(self) -> list[Resource]:
@@ -176,9 +178,10 @@ class ProcessPollster(Pollster):
     """
 
     meters = (CPU, CPU_UTIL, MEMORY, DISK_READ, DISK_WRITE)
+    default_discovery = "local_processes"
 
-    def __init__(self, source: str = "streams") -> None:
-        self.source = source
+    def __init__(self, source: str = "streams", **params: object) -> None:
+        super().__init__(source, **params)
         self._util = _Utilisation()
 
     def get_samples(self, resources: Iterable[Resource]) -> list[Sample]:
