@@ -267,6 +267,12 @@ def main() -> None:
     results["publisher"] = {"samples": total, "failed": pub.failed, "seconds": round(pub_s, 2),
                             "samples_per_s": round(total / pub_s)}
     print(f"   {total} delivered, {pub.failed} failed, {total / pub_s:,.0f} samples/s")
+    # Issue 3's figures, from the two measurements above: one poller process's publisher and codec.
+    results["poller"] = {"published_samples_per_s": round(total / pub_s),
+                         "sign_encode_us_per_sample": results["codec"]["encode_sign_us_per_sample"],
+                         "goal_samples_per_s": 50_000, "meets_goal": total / pub_s >= 50_000}
+    print(f"== poller, one process: {total / pub_s:,.0f} signed+encoded samples/s published to the local broker; "
+          f"sign+encode {results['codec']['encode_sign_us_per_sample']} us/sample (goal >= 50,000 samples/s)")
 
     variants = []
     try:
@@ -295,6 +301,12 @@ def main() -> None:
     finally:
         for v in variants:
             v.drop()
+
+    print("== sink alone: columnar inserts through ClickHouseSink (bench/bench_sink.py)")
+    from bench_sink import run as run_sink
+
+    results["sink"] = run_sink(settings)
+    print(f"   best {results['sink']['best_rows_per_s']:,} rows/s (goal {results['sink']['goal_rows_per_s']:,})")
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

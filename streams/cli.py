@@ -96,48 +96,119 @@ def schema() -> None:
 @schema.command("migrate")
 @pass_ctx
 def schema_migrate(c: _Ctx) -> None:
-    """Create the database and tables if missing (idempotent, version-aware DDL)."""
-    from streams.storage.clickhouse import connect
-    from streams.storage.schema import migrate
+    """Apply pending numbered migrations (idempotent, version-aware DDL), under the
+    ZooKeeper leader lock `schema-migrate` when coordination.hosts is set."""
+    from streams.coordination import leader
+    from streams.storage.commands import migrate_command
 
-    s = c.settings.clickhouse
-    tables = migrate(connect(s), s.database)
-    click.echo(f"database {s.database}: {', '.join(tables)}")
+    with leader(c.settings.coordination, "schema-migrate"):
+        migrate_command(c.settings)
+
+
+@schema.command("status")
+@pass_ctx
+def schema_status(c: _Ctx) -> None:
+    """Show applied and pending migrations."""
+    from streams.storage.commands import status_command
+
+    status_command(c.settings)
 
 
 @cli.command()
-@click.option("--once", is_flag=True, help="Poll once, wait for delivery, and exit.")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True), help="Override poller.interval (s).")
+@click.option("--once", is_flag=True, help="Poll every source once (no coordination), wait for delivery, and exit.")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True),
+              help="Override the interval of every source (s).")
+@click.option("--agent", type=click.Choice(["compute", "central"]), help="Override poller.agent.")
+@click.option("--polling", type=click.Path(dir_okay=False), help="polling.yaml (overrides poller.polling).")
 @pass_ctx
-def poll(c: _Ctx, once: bool, interval: float | None) -> None:
-    """Run the compute poller: this host's and its processes' metrics to Kafka."""
+def poll(c: _Ctx, once: bool, interval: float | None, agent: str | None, polling: str | None) -> None:
+    """Run a polling agent: samples of its polling.yaml sources to Kafka.
+
+    The compute agent (default) polls this host, its processes and cgroups; the
+    central agent polls remote endpoints and, with coordination.hosts set,
+    only its share of them (ZooKeeper group + consistent hash ring).
+    """
     from mode import Worker
 
     from streams.codec import BatchCodec
-    from streams.pollers.compute import HostPollster, LocalHostDiscovery, LocalProcessDiscovery, ProcessPollster
+    from streams.pollers.polling import PollingConfigError, build_tasks, default_compute_definition, load_polling
     from streams.pollers.service import PollingService
     from streams.publisher import KafkaPublisher
 
     s = c.settings
     _setup_logging(s.log_level)
+    agent = agent or s.poller.agent
+    polling = polling or s.poller.polling
     try:
         codec = BatchCodec(s.signing.keyring())
-    except ConfigError as exc:
+        if polling:
+            tasks = load_polling(polling, agent, sample_source=s.poller.source, interval=interval)
+        elif agent == "compute":
+            tasks = build_tasks(default_compute_definition(interval or s.poller.interval, s.poller.processes,
+                                                           s.poller.max_processes), agent,
+                                sample_source=s.poller.source, label="compute defaults")
+        else:
+            raise click.ClickException("the central agent needs a polling.yaml (--polling or poller.polling)")
+    except (ConfigError, PollingConfigError) as exc:
         raise click.ClickException(f"bad configuration: {exc}") from None
-    pollsters = [(LocalHostDiscovery(), HostPollster(s.poller.source))]
-    if s.poller.processes:
-        pollsters.append((LocalProcessDiscovery(s.poller.max_processes), ProcessPollster(s.poller.source)))
     publisher = KafkaPublisher(s.kafka, codec)
-    service = PollingService(publisher, pollsters, interval or s.poller.interval,
-                             metrics_port=0 if once else s.poller.metrics_port)
     if once:
-        samples = service.collect()
+        service = PollingService(publisher, tasks)
+        samples = service.collect_all()
         records = publisher.publish(samples)
         undelivered = publisher.flush()
         click.echo(f"published {len(samples)} samples in {records} records; "
                    f"{publisher.failed} samples failed, {undelivered} records undelivered")
         sys.exit(1 if (undelivered or publisher.failed) else 0)
+    coordinator, hooks, services = None, None, []
+    if s.coordination.hosts:
+        from streams.coordination.membership import PartitionCoordinator
+        from streams.coordination.registry import ServiceRegistration
+        from streams.coordination.session import ZooKeeperSession
+        from streams.coordination.watch import WatchedConfig
+        from streams.pollers.hooks import HookChain
+
+        session = ZooKeeperSession(s.coordination)
+        hooks = HookChain()
+        services = [session, ServiceRegistration(session, f"streams-poll-{agent}", s.poller.report_interval),
+                    WatchedConfig(session, f"{s.coordination.root}/hooks", hooks.load)]
+        if agent == "central":
+            coordinator = PartitionCoordinator(session, f"poll-{agent}")
+    service = PollingService(publisher, tasks, metrics_port=s.poller.metrics_port, coordinator=coordinator,
+                             hooks=hooks, services=services)
     Worker(service, loglevel=s.log_level.lower(), quiet=True).execute_from_commandline()
+
+
+@cli.group()
+def services() -> None:
+    """The live-service registry in ZooKeeper."""
+
+
+@services.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Also show registered services that stopped reporting.")
+@pass_ctx
+def services_list(c: _Ctx, show_all: bool) -> None:
+    """Print the services that are alive: binary, host, pid, version, uptime, last report."""
+    import time
+
+    from streams.coordination import connect
+    from streams.coordination.registry import list_services
+
+    s = c.settings.coordination
+    if not s.hosts:
+        raise click.ClickException("coordination.hosts is not set: there is no registry")
+    client = connect(s)
+    try:
+        rows = list_services(client, s.root)
+    finally:
+        client.stop()
+        client.close()
+    now = time.time()
+    click.echo("binary\thost\tpid\tversion\tup_s\tlast_report_s\talive")
+    for r in rows:
+        if r["alive"] or show_all:
+            click.echo(f"{r.get('binary')}\t{r.get('host')}\t{r.get('pid')}\t{r.get('version')}\t"
+                       f"{now - float(r.get('started_at', now)):.0f}\t{r['age']:.1f}\t{'yes' if r['alive'] else 'no'}")
 
 
 @cli.command()
@@ -154,11 +225,16 @@ def process(c: _Ctx) -> None:
     run(s, loglevel=s.log_level.lower())
 
 
+from streams.alarms.commands import alarm, notify  # noqa: E402
 from streams.demo import demo  # noqa: E402  (commands defined in their own modules)
 from streams.devenv import dev  # noqa: E402
+from streams.storage.commands import query  # noqa: E402
 
 cli.add_command(dev)
+cli.add_command(query)
 cli.add_command(demo)
+cli.add_command(alarm)
+cli.add_command(notify)
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -46,6 +46,9 @@ class KafkaSettings(_Section):
     bootstrap_servers: str = Field("127.0.0.1:19092", description="host:port[,host:port...]")
     samples_topic: str = Field("samples", description="Topic of signed SampleBatch records.")
     dlq_topic: str = Field("samples.dlq", description="Dead-letter topic: rejected records with stage/reason headers.")
+    alarms_topic: str = Field("alarms", description="Topic of AlarmEvent records (schemas/alarm.avsc), key = alarm_id.")
+    alarms_dlq_topic: str = Field(
+        "alarms.dlq", description="Notifier dead-letter topic: alarm records whose action kept failing.")
     partitions: int = Field(4, gt=0, description="Partitions of topics created by `streams topics create`.")
     replication_factor: int = Field(1, gt=0, description="Replication factor of created topics.")
     session_timeout_ms: int = Field(
@@ -58,25 +61,44 @@ class KafkaSettings(_Section):
 
 
 class ClickHouseSettings(_Section):
-    """Where rows go. ``clickhouse://user:password@host:port/database`` (native protocol)."""
+    """Where rows go, by URL scheme (streams.storage.backend):
+    ``clickhouse://user:password@host:port/database`` (a server, native protocol) or
+    ``chdb:///path/to/dir[?database=NAME]`` (ClickHouse in-process, no server; needs PyPI ``chdb``)."""
 
     url: str = Field("clickhouse://default@127.0.0.1:19000/streams", description="Sink URL.")
     insert_block_size: int = Field(100_000, gt=0, description="Rows per INSERT block sent by the driver.")
+    retention_days: int = Field(
+        0, ge=0, description="Days to keep raw samples and 1-minute rollups (TTL, ClickHouse >= 19.6); 0 = forever."
+    )
+    deduplicate: bool = Field(
+        True, description="Skip samples already stored (one primary-key lookup per flush), so rollup views "
+        "never count a redelivered sample twice. See docs/storage.md."
+    )
+    readonly_password: SecretStr = Field(
+        SecretStr(""), description="Password of the read-only `grafana` user created by migration 6 (>= 20.4)."
+    )
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
         parts = urlsplit(v)
+        if parts.scheme == "chdb":
+            if not (parts.netloc + parts.path).strip("/"):
+                raise ValueError("chdb URL names no directory, e.g. chdb:///var/lib/streams")
+            return v
         if parts.scheme != "clickhouse":
-            raise ValueError(f"unsupported sink scheme {parts.scheme!r}; expected clickhouse://")
+            raise ValueError(f"unsupported sink scheme {parts.scheme!r}; expected clickhouse:// or chdb://")
         if not parts.hostname:
             raise ValueError("sink URL has no host")
         return v
 
     @property
     def database(self) -> str:
-        """Database named by the URL path (default ``streams``)."""
-        return urlsplit(self.url).path.strip("/") or "streams"
+        """Database: the URL path (``clickhouse://``) or ``?database=`` (``chdb://``); default ``streams``."""
+        parts = urlsplit(self.url)
+        if parts.scheme == "chdb":
+            return (parse_qs(parts.query).get("database") or ["streams"])[0]
+        return parts.path.strip("/") or "streams"
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`clickhouse_driver.Client` (database not selected)."""
@@ -110,13 +132,20 @@ class SigningSettings(_Section):
 
 
 class PollerSettings(_Section):
-    """Compute poller."""
+    """Polling agents (compute and central); ``interval``, ``processes`` and
+    ``max_processes`` shape the compute defaults used without a polling.yaml."""
 
     interval: float = Field(10.0, gt=0, description="Seconds between polls.")
     processes: bool = Field(True, description="Poll per-process meters as well as host meters.")
     max_processes: int = Field(500, ge=0, description="At most this many processes per poll (busiest first).")
     source: str = Field("streams", description="Value of the samples' source field.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off.")
+    agent: Literal["compute", "central"] = Field(
+        "compute", description="compute: this host (one per host); central: remote endpoints, partitioned.")
+    polling: str | None = Field(
+        None, description="polling.yaml path; None = compute defaults (host, processes, cgroups every interval).")
+    report_interval: float = Field(
+        10.0, gt=0, description="Seconds between live-service registry reports (with coordination.hosts set).")
 
 
 class ProcessorSettings(_Section):
@@ -155,6 +184,32 @@ class CoordinationSettings(_Section):
         return v
 
 
+class AlarmSettings(_Section):
+    """Alarm evaluation in the processor (definitions in ZooKeeper under ``<coordination.root>/alarms``;
+    evaluation needs ``coordination.hosts``)."""
+
+    enabled: bool = Field(True, description="Evaluate alarms (when coordination.hosts is set).")
+    grace: float = Field(
+        2.0, ge=0, description="Seconds a window stays open for late samples after it ends (an alarm's "
+        "own `grace` overrides it).")
+    timer_interval: float = Field(
+        1.0, gt=0, description="Seconds between timer runs that close windows of resources that stopped reporting.")
+
+
+class NotifierSettings(_Section):
+    """``streams notify``: calls alarm actions (webhooks, log)."""
+
+    group_id: str = Field("streams-notifier", description="Kafka consumer group of the notifier.")
+    timeout: float = Field(10.0, gt=0, description="Seconds per webhook attempt.")
+    max_retries: int = Field(3, ge=0, description="Retries of a failing webhook before it is dead-lettered.")
+    backoff: float = Field(0.5, ge=0, description="First retry delay (s); doubles per retry (exponential).")
+    backoff_max: float = Field(10.0, ge=0, description="Longest retry delay (s).")
+    verify_tls: bool = Field(True, description="Verify webhook TLS certificates (per URL: ?streams-ssl-verify=0).")
+    ca_file: str | None = Field(None, description="CA bundle for webhook TLS; None = system CAs.")
+    batch_size: int = Field(100, gt=0, description="Alarm records handled concurrently per batch.")
+    metrics_port: int = Field(9466, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off.")
+
+
 class Settings(BaseSettings):
     """All settings of every service."""
 
@@ -168,6 +223,8 @@ class Settings(BaseSettings):
     poller: PollerSettings = PollerSettings()
     processor: ProcessorSettings = ProcessorSettings()
     coordination: CoordinationSettings = CoordinationSettings()
+    alarms: AlarmSettings = AlarmSettings()
+    notifier: NotifierSettings = NotifierSettings()
     log_level: str = Field("INFO", description="Python logging level name.")
 
     @classmethod
@@ -183,6 +240,21 @@ class Settings(BaseSettings):
         return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
 
 
+def read_yaml_file(path: str | os.PathLike[str], what: str, error: type[ConfigError] = ConfigError) -> Any:
+    """Parse the YAML file at ``path`` (``what`` names it in errors: "config", "pipeline"...).
+
+    Raises:
+        error: the file is missing or is not valid YAML; the message starts with the path.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: {what} file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise error(f"{p}: not valid YAML: {exc}") from None
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Load settings from ``path`` (or ``$STREAMS_CONFIG``) and the environment.
 
@@ -193,15 +265,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     path = path or os.environ.get(CONFIG_ENV) or None
     label = str(path) if path else "environment"
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            content = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        content = read_yaml_file(path, "config")
         if content is not None and not isinstance(content, dict):
-            raise ConfigError(f"{p}: top level must be a mapping, got {type(content).__name__}")
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(content).__name__}")
     cls = Settings
     if path:
         cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": str(path)}})

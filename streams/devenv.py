@@ -427,6 +427,8 @@ class ClickHouse(Service):
 
     Logs go to the console (captured in ``logs/clickhouse.log``), timezone is UTC,
     the ``default`` user has no password and may connect from 127.0.0.1 and ::1.
+    ``grafana`` (same networks, no password) is read-only (profile ``readonly``,
+    ``readonly = 2``): 18.16 has no ``CREATE USER``, so users live here.
     """
 
     name = "clickhouse"
@@ -508,6 +510,12 @@ class ClickHouse(Service):
             <use_uncompressed_cache>0</use_uncompressed_cache>
             <load_balancing>random</load_balancing>
         </default>
+        <readonly>
+            <!-- Grafana's user: SELECT only; readonly 2 still lets the plugin set query settings. -->
+            <readonly>2</readonly>
+            <max_memory_usage>2000000000</max_memory_usage>
+            <max_execution_time>60</max_execution_time>
+        </readonly>
     </profiles>
     <users>
         <default>
@@ -519,6 +527,15 @@ class ClickHouse(Service):
             <profile>default</profile>
             <quota>default</quota>
         </default>
+        <grafana>
+            <password></password>
+            <networks>
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>readonly</profile>
+            <quota>default</quota>
+        </grafana>
     </users>
     <quotas>
         <default>

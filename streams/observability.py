@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 from mode import Service
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,25 @@ SINK_FLUSH_SECONDS = Histogram(
 )
 SINK_RETRIES = Counter(
     "streams_sink_retries_total", "ClickHouse inserts retried after an error."
+)
+
+COORDINATION_OUTAGES = Counter(
+    "streams_coordination_outages_total", "ZooKeeper outages seen (connection or session lost, or none at start)."
+)
+COORDINATION_CONNECTED = Gauge(
+    "streams_coordination_connected", "1 while the ZooKeeper session is connected."
+)
+COORDINATION_MEMBERS = Gauge(
+    "streams_coordination_members", "Live members of a coordination group, as last seen.", ["group"]
+)
+POLL_SHARE = Gauge(
+    "streams_poll_resources", "Resources this agent polled in its last poll of a source (its share).", ["source"]
+)
+EDGE_HOOK_DROPPED = Counter(
+    "streams_edge_hook_dropped_total", "Samples dropped by edge hooks inside the agent.", ["meter"]
+)
+EDGE_HOOK_CONFIG_ERRORS = Counter(
+    "streams_edge_hook_config_errors_total", "Edge-hook documents rejected (the previous hooks stayed)."
 )
 
 

@@ -42,11 +42,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streams.codec import RejectedMessage, Sample
-from streams.config import ConfigError
+from streams.config import ConfigError, read_yaml_file
 from streams.observability import TRANSFORM_ERRORS
 from streams.transformers.base import Transformer, TransformerConfigError, TransformError
 from streams.transformers.core import available_transformers
@@ -253,12 +252,7 @@ def load_pipeline(path: str | Path | None) -> Pipeline:
     if path is None:
         return Pipeline(DEFAULT_PIPELINE)
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: pipeline file not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    raw = read_yaml_file(p, "pipeline")
     try:
         definition = PipelineDef.model_validate(raw)
     except ValidationError as exc:

@@ -24,8 +24,8 @@ def admin(settings: KafkaSettings) -> AdminClient:
 
 
 def pipeline_topics(settings: KafkaSettings) -> list[str]:
-    """The topics the pipeline needs: samples and its dead-letter topic."""
-    return [settings.samples_topic, settings.dlq_topic]
+    """The topics the pipeline needs: samples, its dead-letter topic, alarms and the notifier's dead letters."""
+    return [settings.samples_topic, settings.dlq_topic, settings.alarms_topic, settings.alarms_dlq_topic]
 
 
 def create_topics(settings: KafkaSettings, names: list[str] | None = None,

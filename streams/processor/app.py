@@ -35,12 +35,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import faust
 
+from streams.alarms.stage import create_alarm_stage
 from streams.codec import BatchCodec, RejectedMessage
 from streams.config import ConfigError, Settings
 from streams.observability import RECORDS_REJECTED, SAMPLES_DERIVED, SAMPLES_PROCESSED, MetricsServer
@@ -49,6 +51,7 @@ from streams.processor.normalize import Normalizer
 from streams.processor.publishers import open_publisher
 from streams.processor.stages import RecordProcessor, dlq_headers
 from streams.processor.state import BatchState, changelog_topic, create_state_table
+from streams.storage.health import DeadLetter, record_dead_letters
 from streams.topics import create_topics, describe_topics
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,28 @@ class _Batch:
         self.outputs: dict[str, list] = {}
         self.rejected: list[tuple[Any, RejectedMessage]] = []
         self.received = 0
+        self.alarm_events: list = []  # streams.alarms.evaluator.AlarmEvent, stored before the ack
+
+
+class _StoreLane:
+    """Stores batches strictly in the order they were prepared (agent batches and alarm-timer batches)."""
+
+    def __init__(self) -> None:
+        self.tail: asyncio.Future | None = None
+        self.pending: dict = {}  # uncommitted states of batches being stored (BatchState overlay)
+        self.store = None  # the agent's store(batch) coroutine function, once it runs
+
+    def submit(self, batch: _Batch) -> asyncio.Future | None:
+        """Chain ``store(batch)`` after the previous batch; return the previous one's future."""
+        prev = self.tail
+
+        async def run() -> None:
+            if prev is not None:
+                await prev
+            await self.store(batch)
+
+        self.tail = asyncio.ensure_future(run())
+        return prev
 
 
 def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
@@ -107,6 +132,8 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     )
     samples_topic = app.topic(k.samples_topic, key_serializer="raw", value_serializer="raw")
     table = create_state_table(app, k.partitions)
+    alarm_stage = create_alarm_stage(settings, app)  # None unless alarms.enabled and coordination.hosts
+    lane = _StoreLane()
     rebalances = 0
 
     @app.on_partitions_assigned.connect
@@ -121,8 +148,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     @app.agent(samples_topic, name="process_samples")
     async def process_samples(stream: faust.StreamT) -> None:
         publishers = {url: open_publisher(url, settings, codec) for url in pipeline.publishers}
-        pending: dict = {}  # uncommitted states of the batch being stored
-        storing: asyncio.Future | None = None
+        pending = lane.pending  # uncommitted states of the batch being stored
 
         def prepare(events: list) -> _Batch:
             batch = _Batch(events, BatchState(table, pending))
@@ -133,17 +159,30 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                     if pipeline.stateful:
                         pipeline.check_lateness(samples, batch.state.get(samples[0]["resource_id"], msg.partition))
                     pipeline.route(samples, partial(batch.state.get, partition=msg.partition), batch.outputs)
+                    if alarm_stage is not None:
+                        batch.alarm_events += alarm_stage.on_record(
+                            samples, partial(batch.state.get, partition=msg.partition), msg.partition)
                     batch.received += len(samples)
                 except RejectedMessage as exc:
                     batch.rejected.append((msg, exc))
             return batch
 
-        def write(outputs: dict[str, list]) -> None:  # runs in a worker thread
+        store_conn = getattr(publishers.get("clickhouse://"), "sink", None)
+
+        def write(outputs: dict[str, list], rejected: list[tuple[Any, RejectedMessage]]) -> None:
+            """Runs in a worker thread: flush every publisher, then note dead letters for Grafana."""
             for url, samples in outputs.items():
                 if samples:
                     publishers[url].add(samples)
                     publishers[url].flush()
                     SAMPLES_DERIVED.labels(scheme=url.split(":", 1)[0]).inc(len(samples))
+            if rejected and store_conn is not None:
+                letters = [DeadLetter(e.stage, e.reason, e.detail, m.topic, m.partition, m.offset, m.key)
+                           for m, e in rejected]
+                try:  # the dead-letter topic is the durable record; this table only feeds dashboards
+                    record_dead_letters(store_conn.conn, letters)
+                except Exception:  # noqa: BLE001
+                    log.warning("could not record %d dead letters in ClickHouse", len(letters), exc_info=True)
 
         async def store(batch: _Batch) -> None:
             for msg, error in batch.rejected:
@@ -155,9 +194,14 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                 RECORDS_REJECTED.labels(stage=error.stage, reason=error.reason).inc()
                 log.warning("record %s[%d]@%d rejected: %s", msg.topic, msg.partition, msg.offset, error)
             try:
-                await asyncio.to_thread(write, batch.outputs)
+                await asyncio.to_thread(write, batch.outputs, batch.rejected)
             except Exception:  # noqa: BLE001
                 _die("a publisher could not store the batch")
+            if batch.alarm_events:
+                try:
+                    await alarm_stage.publish(app.producer, batch.alarm_events)
+                except Exception:  # noqa: BLE001
+                    _die("alarm events could not be stored")
             # State reaches the changelog only after the outputs are stored, and is
             # flushed before the events are acknowledged.
             if batch.state.commit():
@@ -168,13 +212,29 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
 
         # Two stages: batch N+1 is decoded and transformed while batch N is stored.
         # At most one batch is being stored; a batch is acked only once stored.
+        lane.store = store
         async for events in stream.noack_take(p.batch_size, within=p.batch_timeout):
             batch = prepare(events)
-            if storing is not None:
-                await storing
-            storing = asyncio.ensure_future(store(batch))
-        if storing is not None:
-            await storing
+            prev = lane.submit(batch)
+            if prev is not None:
+                await prev
+        if lane.tail is not None:
+            await lane.tail
+
+    if alarm_stage is not None:
+        @app.timer(settings.alarms.timer_interval)
+        async def close_alarm_windows() -> None:
+            # Resources that stopped reporting: close their windows by wall-clock time, on owned partitions.
+            if lane.store is None or app.rebalancing or app.tables.recovery.in_recovery:
+                return
+            active = {tp.partition for tp in app.consumer.assignment() if tp.topic == k.samples_topic}
+            if not active:
+                return
+            batch = _Batch([], BatchState(table, lane.pending))
+            touched, batch.alarm_events = alarm_stage.close_windows(table, batch.state, active,
+                                                                    time.time_ns() // 1000)
+            if touched:
+                lane.submit(batch)
 
     return app, metrics
 

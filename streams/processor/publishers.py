@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from streams.codec import BatchCodec, Sample
 from streams.config import ConfigError, Settings
 from streams.publisher import KafkaPublisher
-from streams.storage.clickhouse import ClickHouseSink
+from streams.storage import open_sink
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ClickHousePublisher(Publisher):
     """``clickhouse://``: the sink of :mod:`streams.storage.clickhouse`, retrying while the server is away."""
 
     def __init__(self, url: str, settings: Settings, codec: BatchCodec) -> None:
-        self.sink = ClickHouseSink(settings.clickhouse, retry_for=float("inf"))
+        self.sink = open_sink(settings, retry_for=float("inf"))
 
     def add(self, samples: Sequence[Sample]) -> None:
         self.sink.add(samples)
