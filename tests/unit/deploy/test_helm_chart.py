@@ -1,0 +1,441 @@
+"""The Helm chart (deploy/helm/streams), rendered and linted by Helm's own Go SDK (helm-python-sdk).
+
+Every rendered manifest is validated against the Kubernetes schemas of a current release
+(kubernetes-validate, bundled schemas, offline), and the config files as rendered into the
+ConfigMaps are loaded by the project's own loaders with the environment a container would get,
+so the chart and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from streams.cli import cli
+from streams.config import load_settings
+from streams.pipeline import load_pipeline
+from streams.pollers.polling import load_polling
+
+ROOT = Path(__file__).resolve().parents[3]
+CHART = ROOT / "deploy" / "helm" / "streams"
+GRAFANA = ROOT / "deploy" / "grafana"
+KUBE_VERSION = "1.37"  # the newest schemas kubernetes-validate bundles; checked below
+RELEASE, NAMESPACE = "metering", "streams"
+
+ZK = {"zookeeper": {"hosts": "zk-0.zk:2181,zk-1.zk:2181"}}
+COMBOS: dict[str, dict] = {
+    "defaults": {},
+    "replicas": {**ZK, "centralPoller": {"replicas": 3}, "processor": {"replicas": 6},
+                 "notifier": {"replicas": 2}, "kafka": {"partitions": 24}},
+    "existing-secret": {"secrets": {"existingSecret": "streams-credentials"}, "clickhouse": {"url": ""}},
+    "tls-sasl": {"kafka": {"bootstrapServers": "kafka-0.kafka:9093,kafka-1.kafka:9093",
+                           "sasl": {"mechanism": "SCRAM-SHA-512", "username": "streams", "password": "s3cret"},
+                           "tls": {"enabled": True, "caSecret": "kafka-ca", "clientSecret": "streams-kafka-user",
+                                   "clientCertKey": "user.crt", "clientKeyKey": "user.key"}}},
+    "tls-only": {"kafka": {"tls": {"enabled": True}}},
+    "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+                       "grafana": {"datasource": {"enabled": True}}, "clickhouse": {"readonlyPassword": "ro-pass"}},
+    "minimal": {"computePoller": {"enabled": False}, "centralPoller": {"enabled": False},
+                "notifier": {"enabled": False}, "migrations": {"enabled": False}, "pipeline": None,
+                "grafana": {"dashboards": {"enabled": False}}, "serviceAccount": {"create": False},
+                "signing": {"keys": {"2026-11": "0123456789abcdef0123456789abcdef"}, "active": "2026-11"}},
+}
+# What an operator's existing Secret holds (secrets.existingSecret).
+EXISTING_SECRET = {"signing-keys": json.dumps({"k1": "an-operator-provided-secret-key"}),
+                   "clickhouse-url": "clickhouse://writer:pw@clickhouse.db:9000/metering"}
+WORKLOADS = {"DaemonSet", "Deployment", "StatefulSet", "Job"}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    with helm.Chart.load(CHART) as c:
+        yield c
+
+
+def render(chart, values: dict) -> list[dict]:
+    """Every object the chart renders for ``values`` (NOTES.txt excluded)."""
+    out = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def secret_data(secret: dict) -> dict[str, str]:
+    data = dict(secret.get("stringData") or {})
+    data.update({k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()})
+    return data
+
+
+def pod_spec(doc: dict) -> dict:
+    return doc["spec"]["template"]["spec"]
+
+
+def containers(doc: dict) -> list[dict]:
+    spec = pod_spec(doc)
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+@pytest.fixture(scope="module", params=sorted(COMBOS))
+def rendered(request, chart):
+    return request.param, render(chart, COMBOS[request.param])
+
+
+# --- Helm: render, lint, Kubernetes schemas ---------------------------------------------------
+
+def test_kube_version_is_current():
+    assert kubernetes_validate.utils.latest_version().startswith(KUBE_VERSION)
+
+
+@pytest.mark.parametrize("combo", sorted(COMBOS))
+def test_lint_reports_no_errors(combo):
+    report = helm.lint(CHART, COMBOS[combo], strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}.0")
+    errors = [m for m in report["messages"] if m["severity"] >= 2]  # strict: warnings count too
+    assert not report["errors"] and not errors, report
+
+
+def test_every_manifest_validates_against_kubernetes(rendered):
+    combo, docs = rendered
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            # A CRD's schema is not among Kubernetes' own; check its essentials instead.
+            assert doc["kind"] == "ServiceMonitor" and doc["spec"]["endpoints"][0]["port"] == "metrics"
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{combo}: {doc['kind']}/{doc['metadata']['name']}: "
+                        f"{'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_default_install_has_every_component(chart):
+    docs = render(chart, {})
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    full = f"{RELEASE}-streams"
+    for kind, name in [("DaemonSet", "compute-poller"), ("Deployment", "central-poller"),
+                       ("Deployment", "processor"), ("Deployment", "notifier"), ("Job", "migrations"),
+                       ("Service", "processor"), ("PodDisruptionBudget", "processor"),
+                       ("ConfigMap", "dashboards")]:
+        assert (kind, f"{full}-{name}") in kinds
+    assert ("ServiceAccount", full) in kinds and ("Secret", full) in kinds and ("ConfigMap", full) in kinds
+    assert not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "StatefulSet")
+
+
+# --- the config as rendered, loaded by the project's own loaders ------------------------------
+
+def container_env(container: dict, secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The environment Kubernetes would give ``container``: values and secretKeyRefs resolved."""
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+            continue
+        ref = e["valueFrom"]["secretKeyRef"]
+        data = secrets.get(ref["name"])
+        assert data is not None, f"{container['name']}: env {e['name']} reads Secret {ref['name']}, not rendered"
+        if ref["key"] not in data:
+            assert ref.get("optional"), f"{container['name']}: Secret {ref['name']} has no key {ref['key']}"
+            continue
+        env[e["name"]] = data[ref["key"]]
+    return env
+
+
+def mounted_files(doc: dict, configmaps: dict[str, dict], root: Path) -> Path:
+    """Write the ConfigMap mounted at /etc/streams in ``doc``'s pods under ``root``; returns that dir."""
+    (volume,) = [v for v in pod_spec(doc)["volumes"] if v["name"] == "config"]
+    files = root / doc["metadata"]["name"]
+    files.mkdir()
+    for name, text in configmaps[volume["configMap"]["name"]]["data"].items():
+        (files / name).write_text(text)
+    return files
+
+
+def local(path: str, files: Path) -> Path:
+    assert path.startswith("/etc/streams/"), path
+    return files / path.removeprefix("/etc/streams/")
+
+
+def test_rendered_config_loads_with_the_project_loaders(rendered, tmp_path, monkeypatch):
+    combo, docs = rendered
+    configmaps = by_kind(docs, "ConfigMap")
+    secrets = {name: secret_data(s) for name, s in by_kind(docs, "Secret").items()}
+    secrets.setdefault("streams-credentials", EXISTING_SECRET)
+    values = COMBOS[combo]
+    workloads = [d for d in docs if d["kind"] in WORKLOADS]
+    assert workloads
+    for doc in workloads:
+        files = mounted_files(doc, configmaps, tmp_path)
+        mounts = {m["mountPath"] for c in containers(doc) for m in c["volumeMounts"]}
+        for c in containers(doc):
+            env = container_env(c, secrets)
+            assert env["STREAMS_CONFIG"] == "/etc/streams/streams.yaml"
+            for k in [k for k in os.environ if k.startswith("STREAMS_")]:
+                monkeypatch.delenv(k)
+            for k, v in env.items():
+                monkeypatch.setenv(k, v)
+            s = load_settings(local(env.pop("STREAMS_CONFIG"), files))
+            args = c["args"]
+            where = f"{combo}: {doc['kind']}/{doc['metadata']['name']}/{c['name']}"
+            assert s.metrics_host == "0.0.0.0", where
+            assert s.kafka.bootstrap_servers == (values.get("kafka", {}).get("bootstrapServers") or "kafka:9092")
+            # Kafka security: the files librdkafka and aiokafka would open are mounted in this pod.
+            conf = s.kafka.client_config()
+            for key in ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location"):
+                if key in conf:
+                    assert str(Path(conf[key]).parent) in mounts, (where, key)
+            if combo == "tls-sasl":
+                assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.mechanism"] == "SCRAM-SHA-512"
+                assert conf["sasl.password"] == "s3cret" and "ssl.certificate.location" in conf
+            if combo == "tls-only":
+                assert conf["security.protocol"] == "SSL" and "ssl.ca.location" not in conf  # system CAs
+            # Ports of the settings are the ports the probes and Services use.
+            port = {"poll": s.poller.metrics_port, "process": s.processor.metrics_port,
+                    "notify": s.notifier.metrics_port}.get(args[0])
+            if port is not None:
+                assert [p["containerPort"] for p in c["ports"] if p["name"] == "metrics"] == [port], where
+                assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+                assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+            if args[0] == "poll":
+                assert len(s.signing.keyring().keys) >= 1
+                agent, polling = args[args.index("--agent") + 1], args[args.index("--polling") + 1]
+                tasks = load_polling(local(polling, files), agent, sample_source=s.poller.source)
+                assert tasks, where
+            if args[0] == "process":
+                assert len(s.signing.keyring().keys) >= 1
+                assert s.processor.data_dir.startswith("/var/lib/streams/") and "/var/lib/streams" in mounts
+                if values.get("pipeline", True) is None:
+                    assert s.processor.pipeline is None
+                else:
+                    pipeline = load_pipeline(local(s.processor.pipeline, files))
+                    assert "clickhouse://" in pipeline.publishers
+                if combo == "existing-secret":
+                    assert s.clickhouse.url == EXISTING_SECRET["clickhouse-url"]
+                else:
+                    assert s.clickhouse.url == "clickhouse://default@clickhouse:9000/streams"
+            if args[:2] == ["schema", "migrate"]:
+                assert s.clickhouse.database in ("streams", "metering")
+            if values.get("zookeeper"):
+                assert s.coordination.hosts == values["zookeeper"]["hosts"]
+
+
+def test_hook_job_uses_the_same_config(chart):
+    docs = render(chart, COMBOS["tls-sasl"])
+    cms = by_kind(docs, "ConfigMap")
+    main, hook = cms[f"{RELEASE}-streams"], cms[f"{RELEASE}-streams-migrations"]
+    assert main["data"]["streams.yaml"] == hook["data"]["streams.yaml"]
+    job = by_kind(docs, "Job")[f"{RELEASE}-streams-migrations"]
+    assert [c["args"] for c in containers(job)] == [["topics", "create"], ["schema", "migrate"]]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    for d in [hook, by_kind(docs, "Secret")[f"{RELEASE}-streams-migrations"]]:
+        # Created before the Job (lower weight), since hooks run before the release's own objects.
+        assert int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0
+
+
+def test_every_command_the_chart_runs_exists(chart):
+    commands = set()
+    for combo in COMBOS.values():
+        for doc in render(chart, combo):
+            if doc["kind"] in WORKLOADS:
+                commands |= {tuple(c["args"]) for c in containers(doc)}
+    assert {("process",), ("notify",), ("topics", "create"), ("schema", "migrate")} <= commands
+    runner = CliRunner()
+    for args in commands:
+        result = runner.invoke(cli, [*args, "--help"])
+        assert result.exit_code == 0, (args, result.output)
+
+
+# --- security, secrets ------------------------------------------------------------------------
+
+def test_pods_run_as_non_root_with_read_only_root(rendered):
+    combo, docs = rendered
+    for doc in [d for d in docs if d["kind"] in WORKLOADS]:
+        spec = pod_spec(doc)
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
+        assert spec["automountServiceAccountToken"] is False
+        for c in containers(doc):
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+            assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}
+
+
+def test_no_volume_is_mounted_inside_another(rendered):
+    # The kubelet cannot create a mount point inside a read-only (configMap, Secret) volume.
+    combo, docs = rendered
+    for doc in [d for d in docs if d["kind"] in WORKLOADS]:
+        for c in containers(doc):
+            paths = [m["mountPath"].rstrip("/") + "/" for m in c["volumeMounts"]]
+            nested = [(a, b) for a in paths for b in paths if a != b and b.startswith(a)]
+            assert not nested, (combo, doc["metadata"]["name"], nested)
+
+
+def test_compute_poller_sees_the_node(chart):
+    docs = render(chart, {"computePoller": {"tolerations": [{"key": "gpu", "operator": "Exists"}]}})
+    ds = by_kind(docs, "DaemonSet")[f"{RELEASE}-streams-compute-poller"]
+    spec = pod_spec(ds)
+    assert spec["hostPID"] is True and spec["hostNetwork"] is True
+    assert spec["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    cgroup = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "cgroup"]
+    assert cgroup == [{"name": "cgroup", "mountPath": "/host/sys/fs/cgroup", "readOnly": True}]
+    polling = yaml.safe_load(by_kind(docs, "ConfigMap")[f"{RELEASE}-streams"]["data"]["polling-compute.yaml"])
+    roots = [s["discovery_params"]["local_cgroups"]["root"] for s in polling["sources"] if "cgroups" in s["pollsters"]]
+    assert roots == ["/host/sys/fs/cgroup"]
+
+
+def test_signing_key_is_generated_only_when_none_is_given(chart):
+    generated = secret_data(by_kind(render(chart, {}), "Secret")[f"{RELEASE}-streams"])
+    keys = json.loads(generated["signing-keys"])
+    assert list(keys) == ["generated"] and len(keys["generated"]) == 48
+    given = COMBOS["minimal"]["signing"]["keys"]
+    assert json.loads(secret_data(by_kind(render(chart, COMBOS["minimal"]), "Secret")[f"{RELEASE}-streams"])
+                      ["signing-keys"]) == given
+    docs = render(chart, COMBOS["existing-secret"])
+    assert not [s for s in by_kind(docs, "Secret") if not s.endswith("-datasource")]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for d in docs if d["kind"] in WORKLOADS
+            for c in containers(d) for e in c["env"] if "valueFrom" in e}
+    assert refs == {"streams-credentials"}
+
+
+def test_service_monitor_scrapes_every_metrics_service(chart):
+    docs = render(chart, COMBOS["servicemonitor"])
+    (sm,) = by_kind(docs, "ServiceMonitor").values()
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = sm["spec"]["selector"]["matchLabels"]
+    services = by_kind(docs, "Service").values()
+    assert len(services) == 4
+    for svc in services:
+        assert selector.items() <= svc["metadata"]["labels"].items()
+        assert [p["name"] for p in svc["spec"]["ports"]] == ["metrics"]
+
+
+# --- Grafana ----------------------------------------------------------------------------------
+
+def test_dashboards_are_deploy_grafanas(chart):
+    docs = render(chart, {})
+    cm = by_kind(docs, "ConfigMap")[f"{RELEASE}-streams-dashboards"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    expected = {p.name: p.read_text() for p in (GRAFANA / "dashboards").glob("*.json")}
+    assert len(expected) == 4 and cm["data"] == expected
+    for text in cm["data"].values():
+        json.loads(text)
+
+
+def test_datasource_points_at_clickhouse(chart):
+    docs = render(chart, COMBOS["servicemonitor"])
+    secret = by_kind(docs, "Secret")[f"{RELEASE}-streams-datasource"]
+    assert secret["metadata"]["labels"]["grafana_datasource"] == "1"
+    (ds,) = yaml.safe_load(secret["stringData"]["streams-clickhouse.yaml"])["datasources"]
+    assert ds["jsonData"]["host"] == "clickhouse" and ds["jsonData"]["port"] == 9000
+    assert ds["jsonData"]["defaultDatabase"] == "streams" and ds["jsonData"]["username"] == "grafana"
+    assert ds["secureJsonData"]["password"] == "ro-pass"
+    source = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "clickhouse.yaml").read_text())
+    assert ds["uid"] == source["datasources"][0]["uid"] and ds["type"] == source["datasources"][0]["type"]
+
+
+# --- values.schema.json and template checks ---------------------------------------------------
+
+@pytest.mark.parametrize("values, where", [
+    ({"processor": {"replicas": -1}}, "/processor/replicas"),
+    ({"centralPoller": {"replicas": 0}}, "/centralPoller/replicas"),
+    ({"notifier": {"replicas": "two"}}, "/notifier/replicas"),
+    ({"clickhouse": {"url": ""}}, "/clickhouse/url"),
+    ({"clickhouse": {"url": None}}, "missing property 'url'"),
+    ({"clickhouse": {"url": "http://clickhouse:8123"}}, "/clickhouse/url"),
+    ({"kafka": {"bootstrapServers": ""}}, "/kafka/bootstrapServers"),
+    ({"kafka": {"partitions": 0}}, "/kafka/partitions"),
+    ({"kafka": {"sasl": {"mechanism": "GSSAPI"}}}, "/kafka/sasl/mechanism"),
+    ({"kafka": {"sasl": {"mechanism": "PLAIN"}}}, "/kafka/sasl/username"),
+    ({"processor": {"replica": 3}}, "additional properties 'replica'"),
+    ({"config": {"processor": {"metrics_port": 0}}}, "/config/processor/metrics_port"),
+    ({"zookeeper": {"root": "streams/"}}, "/zookeeper/root"),
+    ({"signing": {"keys": {"k1": "short"}}}, "/signing/keys/k1"),
+])
+def test_schema_rejects_bad_values(chart, values, where):
+    with pytest.raises(helm.HelmValuesError) as exc:
+        chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+    assert where in str(exc.value)
+
+
+def test_existing_secret_makes_the_url_optional(chart):
+    chart.validate_schema(chart.merge_values(COMBOS["existing-secret"]))
+
+
+def test_several_central_agents_need_zookeeper(chart):
+    with pytest.raises(helm.HelmRenderError, match="zookeeper.hosts is empty"):
+        render(chart, {"centralPoller": {"replicas": 2}})
+    deployment = by_kind(render(chart, COMBOS["replicas"]), "Deployment")[f"{RELEASE}-streams-central-poller"]
+    assert deployment["spec"]["replicas"] == 3
+
+
+def test_active_signing_key_must_exist(chart):
+    with pytest.raises(helm.HelmRenderError, match='signing.active is "2026-12" but signing.keys has no such key id'):
+        render(chart, {"signing": {"active": "2026-12", "keys": {"2026-11": "0123456789abcdef0123"}}})
+
+
+def test_readme_lists_every_value():
+    readme = (CHART / "README.md").read_text()
+
+    def leaves(d: dict, prefix: str = ""):
+        for k, v in d.items():
+            path = f"{prefix}{k}"
+            # Free-form documents (polling, pipeline, config) and maps are documented as a whole.
+            if isinstance(v, dict) and v and path not in {"config", "pipeline", "computePoller.polling",
+                                                          "centralPoller.polling"} \
+                    and not path.endswith(("resources", "Context", "nodeSelector", "affinity", "annotations",
+                                           "labels", "Labels", "Annotations", "updateStrategy", "keys")) \
+                    and not path.startswith("probes."):
+                yield from leaves(v, f"{path}.")
+            else:
+                yield path
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [p for p in leaves(values) if f"`{p}`" not in readme]
+    assert not missing, f"README.md does not document: {missing}"
+
+
+def test_notes_say_what_was_installed(chart):
+    notes = chart.render(values=COMBOS["replicas"], name=RELEASE, namespace=NAMESPACE)["streams/templates/NOTES.txt"]
+    assert f"{RELEASE}-streams-processor" in notes and "replicas: 6" in notes and "/readyz" in notes
+    assert "streams services list" in notes and "created the Kafka topics" in notes
+    notes = chart.render(values=COMBOS["minimal"], name=RELEASE, namespace=NAMESPACE)["streams/templates/NOTES.txt"]
+    assert "streams topics create" in notes and "compute poller" not in notes
+
+
+def test_kafka_tls_files_are_where_the_settings_point(chart, tmp_path, monkeypatch):
+    docs = render(chart, COMBOS["tls-sasl"])
+    processor = by_kind(docs, "Deployment")[f"{RELEASE}-streams-processor"]
+    volumes = {v["name"]: v for v in pod_spec(processor)["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in processor["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    # Files each Secret volume will show, as absolute paths in the container.
+    files = {f"{mounts['kafka-ca']}/ca.crt"}  # the whole CA Secret: its keys become file names
+    files |= {f"{mounts['kafka-client']}/{i['path']}" for i in volumes["kafka-client"]["secret"]["items"]}
+    assert volumes["kafka-ca"]["secret"]["secretName"] == "kafka-ca"
+    assert {i["key"] for i in volumes["kafka-client"]["secret"]["items"]} == {"user.crt", "user.key"}
+    settings = yaml.safe_load(by_kind(docs, "ConfigMap")[f"{RELEASE}-streams"]["data"]["streams.yaml"])["kafka"]
+    assert {settings["ssl_ca_location"], settings["ssl_certificate_location"], settings["ssl_key_location"]} == files
+
+
+def test_packaged_chart_carries_copies_of_the_dashboards(tmp_path):
+    # files/grafana is a link to deploy/grafana; `helm package` must store the files themselves.
+    archive = helm.package(CHART, destination=tmp_path)
+    with helm.Chart.load_archive(Path(archive).read_bytes()) as packaged:
+        names = {f["name"] for f in packaged.files}
+        assert "files/grafana/build.py" not in names  # .helmignore
+        cm = by_kind(render(packaged, {}), "ConfigMap")[f"{RELEASE}-streams-dashboards"]
+    assert cm["data"] == {p.name: p.read_text() for p in (GRAFANA / "dashboards").glob("*.json")}
