@@ -8,7 +8,7 @@ DEMO_CONFIG ?= etc/streams.dev.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap up down status demo test test-unit test-integration bench lint clean
+.PHONY: help bootstrap up down status demo test test-unit test-integration bench lint helm-lint clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +44,9 @@ bench: bootstrap ## Benchmarks; prints figures and writes bench/results.json
 
 lint: bootstrap ## Static checks (ruff)
 	@$(VENV)/bin/ruff check streams tests bench
+
+helm-lint: bootstrap ## Render, lint and validate the Helm chart and check the image's wheel (no cluster needed)
+	@$(PY) -m pytest tests/unit/deploy -q $(PYTEST_ARGS)
 
 clean: ## Stop services and delete .dev/ (data, logs)
 	-@$(STREAMS) dev down --purge 2>/dev/null

@@ -30,7 +30,8 @@ def main() -> None:
     args = ap.parse_args()
     settings = load_settings()
     schema = SchemaStore()[BATCH_SCHEMA].parsed
-    sink = ClickHouseSink(settings.clickhouse)
+    # The ceiling: no duplicate lookup either (the processor skips it outside replays too).
+    sink = ClickHouseSink(settings.clickhouse.model_copy(update={"deduplicate": False}))
     consumer = Consumer({
         "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": settings.processor.app_id,
         "auto.offset.reset": "earliest", "enable.auto.commit": False,

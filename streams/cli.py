@@ -175,7 +175,7 @@ def poll(c: _Ctx, once: bool, interval: float | None, agent: str | None, polling
         if agent == "central":
             coordinator = PartitionCoordinator(session, f"poll-{agent}")
     service = PollingService(publisher, tasks, metrics_port=s.poller.metrics_port, coordinator=coordinator,
-                             hooks=hooks, services=services)
+                             hooks=hooks, services=services, metrics_host=s.metrics_host)
     Worker(service, loglevel=s.log_level.lower(), quiet=True).execute_from_commandline()
 
 

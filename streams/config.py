@@ -18,7 +18,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -55,9 +55,45 @@ class KafkaSettings(_Section):
         6000, ge=1000, description="Consumer-group session timeout (ms); a join takes about half of it."
     )
     security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (needs security_protocol SASL_PLAINTEXT or SASL_SSL); None = no SASL.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (from a Secret in Kubernetes).")
+    ssl_ca_location: str | None = Field(
+        None, description="PEM CA bundle that signed the brokers' certificates; None = system CAs.")
+    ssl_certificate_location: str | None = Field(None, description="PEM client certificate (mutual TLS).")
+    ssl_key_location: str | None = Field(None, description="PEM private key of the client certificate.")
     extra: dict[str, str] = Field(
         default_factory=dict, description="Extra librdkafka settings for producers (e.g. compression.type)."
     )
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        # Caught at load time: librdkafka would only fail at the first connection, and aiokafka silently.
+        if self.sasl_mechanism and not self.security_protocol.startswith("SASL_"):
+            raise ValueError(f"sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL, "
+                             f"not {self.security_protocol}")
+        tls = self.ssl_ca_location or self.ssl_certificate_location or self.ssl_key_location
+        if tls and self.security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(f"ssl_* locations need security_protocol SSL or SASL_SSL, not {self.security_protocol}")
+        if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together")
+        return self
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka connection settings shared by every producer, consumer and admin client:
+        bootstrap servers, security protocol and, when set, SASL credentials and TLS files."""
+        conf = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        for key, value in (("ssl.ca.location", self.ssl_ca_location),
+                           ("ssl.certificate.location", self.ssl_certificate_location),
+                           ("ssl.key.location", self.ssl_key_location)):
+            if value:
+                conf[key] = value
+        return conf
 
 
 class ClickHouseSettings(_Section):
@@ -226,6 +262,9 @@ class Settings(BaseSettings):
     alarms: AlarmSettings = AlarmSettings()
     notifier: NotifierSettings = NotifierSettings()
     log_level: str = Field("INFO", description="Python logging level name.")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Listen address of every service's /metrics, /healthz and /readyz server; "
+        "0.0.0.0 in a pod, so that probes and Prometheus reach it.")
 
     @classmethod
     def settings_customise_sources(

@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 def producer_config(settings: KafkaSettings, **overrides: str | int) -> dict[str, str | int]:
     """librdkafka settings for a producer from ``settings`` (idempotent, acks=all)."""
     conf: dict[str, str | int] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "security.protocol": settings.security_protocol,
+        **settings.client_config(),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 20,

@@ -19,8 +19,7 @@ log = logging.getLogger(__name__)
 
 def admin(settings: KafkaSettings) -> AdminClient:
     """An admin client for ``settings``."""
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers,
-                        "security.protocol": settings.security_protocol})
+    return AdminClient(settings.client_config())
 
 
 def pipeline_topics(settings: KafkaSettings) -> list[str]:

@@ -82,7 +82,7 @@ class NotifierService(Service):
         k, n = settings.kafka, settings.notifier
         self.codec = RecordCodec()
         self.consumer = Consumer({
-            "bootstrap.servers": k.bootstrap_servers, "security.protocol": k.security_protocol,
+            **k.client_config(),
             "group.id": n.group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": k.session_timeout_ms,
             "heartbeat.interval.ms": max(500, k.session_timeout_ms // 6),
@@ -93,7 +93,7 @@ class NotifierService(Service):
         self.assigned = False
         self.delivered = 0
         self.dead_lettered = 0
-        self.metrics = MetricsServer(n.metrics_port if metrics_port is None else metrics_port,
+        self.metrics = MetricsServer(n.metrics_port if metrics_port is None else metrics_port, settings.metrics_host,
                                      healthy=lambda: not self.should_stop, ready=lambda: self.assigned)
 
     def on_init_dependencies(self) -> list[Service]:

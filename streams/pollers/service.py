@@ -44,6 +44,7 @@ class PollingService(Service):
         hooks: edge hooks applied to every poll's samples (None = none).
         services: more mode services to run alongside (ZooKeeper session,
             registry, watched config); started before the first poll.
+        metrics_host: listen address of the metrics server (``metrics_host`` setting).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class PollingService(Service):
         coordinator: PartitionCoordinator | None = None,
         hooks: HookChain | None = None,
         services: Sequence[Service] = (),
+        metrics_host: str = "127.0.0.1",
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
@@ -62,7 +64,7 @@ class PollingService(Service):
         self.coordinator = coordinator
         self.hooks = hooks or HookChain()
         self.polls = 0
-        self.metrics = MetricsServer(metrics_port, healthy=lambda: not self.should_stop,
+        self.metrics = MetricsServer(metrics_port, metrics_host, healthy=lambda: not self.should_stop,
                                      ready=lambda: self.polls > 0)
         self._extra = [s for s in (coordinator, *services) if s is not None]
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from functools import partial
 from pathlib import Path
@@ -44,7 +45,7 @@ import faust
 
 from streams.alarms.stage import create_alarm_stage
 from streams.codec import BatchCodec, RejectedMessage
-from streams.config import ConfigError, Settings
+from streams.config import ConfigError, KafkaSettings, Settings
 from streams.observability import RECORDS_REJECTED, SAMPLES_DERIVED, SAMPLES_PROCESSED, MetricsServer
 from streams.pipeline import load_pipeline
 from streams.processor.normalize import Normalizer
@@ -72,7 +73,10 @@ class _Batch:
     def __init__(self, events: list, state: BatchState) -> None:
         self.events = events
         self.state = state
-        self.outputs: dict[str, list] = {}
+        self.outputs: dict[str, list] = {}  # samples of records from partitions known to be past any replay
+        self.replayed: dict[str, list] = {}  # samples that a previous owner may have stored already
+        self.replay_partitions: set[int] = set()
+        self.generation = 0  # consumer-group rebalances seen when the batch was prepared
         self.rejected: list[tuple[Any, RejectedMessage]] = []
         self.received = 0
         self.alarm_events: list = []  # streams.alarms.evaluator.AlarmEvent, stored before the ack
@@ -99,6 +103,23 @@ class _StoreLane:
         return prev
 
 
+def kafka_credentials(k: KafkaSettings) -> faust.auth.Credentials | None:
+    """Faust (aiokafka) credentials from the same settings librdkafka clients use
+    (:meth:`KafkaSettings.client_config`), so every client of the processor connects alike.
+
+    Returns None for PLAINTEXT (Faust's default).
+    """
+    context = None
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=k.ssl_ca_location)
+        if k.ssl_certificate_location:
+            context.load_cert_chain(k.ssl_certificate_location, k.ssl_key_location)
+    if k.sasl_mechanism:
+        return faust.SASLCredentials(username=k.sasl_username, password=k.sasl_password.get_secret_value(),
+                                     ssl_context=context, mechanism=k.sasl_mechanism)
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     """Build the Faust app and its metrics server from ``settings``.
 
@@ -117,6 +138,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     app = faust.App(
         p.app_id,
         broker=[f"kafka://{b.strip()}" for b in k.bootstrap_servers.split(",")],
+        broker_credentials=kafka_credentials(k),
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=False,
@@ -135,14 +157,20 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     alarm_stage = create_alarm_stage(settings, app)  # None unless alarms.enabled and coordination.hosts
     lane = _StoreLane()
     rebalances = 0
+    # Partitions whose records are known to be new to storage. What a previous owner
+    # stored of a partition is a prefix from the committed offset (batches are stored
+    # whole and in order), so once a checked flush finds none of a partition's records
+    # stored, the rest of that partition needs no duplicate lookup (docs/storage.md).
+    past_replay: set[int] = set()
 
     @app.on_partitions_assigned.connect
     async def _on_assigned(sender: object, *args: object, **kwargs: object) -> None:
         # Ready once the worker has joined the group (a standby with no partitions is fine).
         nonlocal rebalances
         rebalances += 1
+        past_replay.clear()
 
-    metrics = MetricsServer(p.metrics_port, healthy=lambda: not app.should_stop,
+    metrics = MetricsServer(p.metrics_port, settings.metrics_host, healthy=lambda: not app.should_stop,
                             ready=lambda: rebalances > 0)
 
     @app.agent(samples_topic, name="process_samples")
@@ -152,13 +180,19 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
 
         def prepare(events: list) -> _Batch:
             batch = _Batch(events, BatchState(table, pending))
+            batch.generation = rebalances
             for event in events:
                 msg = event.message
                 try:
                     samples = stages.decode_record(msg.value)
                     if pipeline.stateful:
                         pipeline.check_lateness(samples, batch.state.get(samples[0]["resource_id"], msg.partition))
-                    pipeline.route(samples, partial(batch.state.get, partition=msg.partition), batch.outputs)
+                    if msg.partition in past_replay:
+                        outputs = batch.outputs
+                    else:
+                        outputs = batch.replayed
+                        batch.replay_partitions.add(msg.partition)
+                    pipeline.route(samples, partial(batch.state.get, partition=msg.partition), outputs)
                     if alarm_stage is not None:
                         batch.alarm_events += alarm_stage.on_record(
                             samples, partial(batch.state.get, partition=msg.partition), msg.partition)
@@ -169,13 +203,20 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
 
         store_conn = getattr(publishers.get("clickhouse://"), "sink", None)
 
-        def write(outputs: dict[str, list], rejected: list[tuple[Any, RejectedMessage]]) -> None:
-            """Runs in a worker thread: flush every publisher, then note dead letters for Grafana."""
-            for url, samples in outputs.items():
-                if samples:
-                    publishers[url].add(samples)
-                    publishers[url].flush()
-                    SAMPLES_DERIVED.labels(scheme=url.split(":", 1)[0]).inc(len(samples))
+        def write(batch: _Batch) -> int:
+            """Runs in a worker thread: flush every publisher, then note dead letters for Grafana.
+
+            Returns samples the publishers skipped as already stored.
+            """
+            skipped = 0
+            for url in batch.outputs.keys() | batch.replayed.keys():
+                new, replayed = batch.outputs.get(url, []), batch.replayed.get(url, [])
+                if new or replayed:
+                    publishers[url].add(new, maybe_stored=False)
+                    publishers[url].add(replayed, maybe_stored=True)
+                    skipped += publishers[url].flush()
+                    SAMPLES_DERIVED.labels(scheme=url.split(":", 1)[0]).inc(len(new) + len(replayed))
+            rejected = batch.rejected
             if rejected and store_conn is not None:
                 letters = [DeadLetter(e.stage, e.reason, e.detail, m.topic, m.partition, m.offset, m.key)
                            for m, e in rejected]
@@ -183,6 +224,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                     record_dead_letters(store_conn.conn, letters)
                 except Exception:  # noqa: BLE001
                     log.warning("could not record %d dead letters in ClickHouse", len(letters), exc_info=True)
+            return skipped
 
         async def store(batch: _Batch) -> None:
             for msg, error in batch.rejected:
@@ -194,9 +236,11 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                 RECORDS_REJECTED.labels(stage=error.stage, reason=error.reason).inc()
                 log.warning("record %s[%d]@%d rejected: %s", msg.topic, msg.partition, msg.offset, error)
             try:
-                await asyncio.to_thread(write, batch.outputs, batch.rejected)
+                skipped = await asyncio.to_thread(write, batch)
             except Exception:  # noqa: BLE001
                 _die("a publisher could not store the batch")
+            if batch.replay_partitions and not skipped and batch.generation == rebalances:
+                past_replay.update(batch.replay_partitions)  # checked, nothing was stored: past the replay
             if batch.alarm_events:
                 try:
                     await alarm_stage.publish(app.producer, batch.alarm_events)

@@ -35,12 +35,22 @@ class Publisher(abc.ABC):
     """Buffers samples and makes them durable on :meth:`flush`."""
 
     @abc.abstractmethod
-    def add(self, samples: Sequence[Sample]) -> None:
-        """Buffer ``samples`` (the processor's batch for this publisher)."""
+    def add(self, samples: Sequence[Sample], maybe_stored: bool = True) -> None:
+        """Buffer ``samples`` (the processor's batch for this publisher).
+
+        ``maybe_stored`` is False when the processor knows the samples were never
+        handed to this publisher before (no replay); publishers that skip
+        duplicates can then save the lookup. Others ignore it.
+        """
 
     @abc.abstractmethod
-    def flush(self) -> None:
-        """Make everything added durable; raise if that is impossible."""
+    def flush(self) -> int:
+        """Make everything added durable; raise if that is impossible.
+
+        Returns:
+            samples skipped because they were already stored (0 if the
+            publisher does not check).
+        """
 
 
 class ClickHousePublisher(Publisher):
@@ -49,11 +59,12 @@ class ClickHousePublisher(Publisher):
     def __init__(self, url: str, settings: Settings, codec: BatchCodec) -> None:
         self.sink = open_sink(settings, retry_for=float("inf"))
 
-    def add(self, samples: Sequence[Sample]) -> None:
-        self.sink.add(samples)
+    def add(self, samples: Sequence[Sample], maybe_stored: bool = True) -> None:
+        self.sink.add(samples, maybe_stored)
 
-    def flush(self) -> None:
+    def flush(self) -> int:
         self.sink.flush()
+        return self.sink.last_duplicates
 
 
 class KafkaRepublisher(Publisher):
@@ -67,13 +78,14 @@ class KafkaRepublisher(Publisher):
         topic = parts.netloc or parts.path.strip("/")
         self.publisher = KafkaPublisher(settings.kafka, codec, topic)
 
-    def add(self, samples: Sequence[Sample]) -> None:
+    def add(self, samples: Sequence[Sample], maybe_stored: bool = True) -> None:
         self.publisher.publish(samples)
 
-    def flush(self) -> None:
+    def flush(self) -> int:
         failed_before = self.publisher.failed
         if self.publisher.flush(60) or self.publisher.failed != failed_before:
             raise RuntimeError(f"kafka publisher to {self.publisher.topic}: records not acknowledged")
+        return 0
 
 
 class LogPublisher(Publisher):
@@ -85,13 +97,13 @@ class LogPublisher(Publisher):
         if not isinstance(self.level, int):
             raise ConfigError(f"publisher {url!r}: unknown log level {level!r}")
 
-    def add(self, samples: Sequence[Sample]) -> None:
+    def add(self, samples: Sequence[Sample], maybe_stored: bool = True) -> None:
         for s in samples:
             log.log(self.level, "sample %s %s=%s %s at %d", s["resource_id"], s["name"], s["volume"], s["unit"],
                     s["timestamp"])
 
-    def flush(self) -> None:
-        return None
+    def flush(self) -> int:
+        return 0
 
 
 def open_publisher(url: str, settings: Settings, codec: BatchCodec) -> Publisher:

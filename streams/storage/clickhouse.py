@@ -94,6 +94,9 @@ class ClickHouseSink:
         self._retry_for = retry_for
         self._host = socket.gethostname()
         self._columns: list[list] = [[] for _ in SAMPLE_COLUMNS]
+        self._check: list[bool] = []  # per buffered row: may it be stored already?
+        self.last_duplicates = 0
+        """Samples the last flush skipped (stored already, or repeated in its batch)."""
         self.duplicates = 0
         """Samples dropped by flushes so far because they were already stored (or repeated in a batch)."""
         self.lookup_seconds = 0.0
@@ -105,11 +108,19 @@ class ClickHouseSink:
         """Rows waiting for :meth:`flush`."""
         return len(self._columns[0])
 
-    def add(self, samples: Iterable[Sample]) -> None:
-        """Buffer ``samples`` (dicts of the ``streams.Sample`` shape) as columns."""
+    def add(self, samples: Iterable[Sample], maybe_stored: bool = True) -> None:
+        """Buffer ``samples`` (dicts of the ``streams.Sample`` shape) as columns.
+
+        Args:
+            maybe_stored: whether these samples may already be in the table
+                (a replay after a crash or rebalance); only such samples are
+                looked up by :meth:`flush`. The processor passes False for
+                records it knows are new (see streams.processor.app).
+        """
         batch = samples if isinstance(samples, list) else list(samples)
         if not batch:
             return
+        self._check.extend([maybe_stored] * len(batch))
         (mid, name, typ, unit, vol, uid, uname, pid, pname, rid, ts, mono, mkeys, mvals, src) = self._columns
         # One comprehension per column: about twice as fast as one loop appending to 15 lists.
         for col, key in ((mid, "message_id"), (name, "name"), (typ, "type"), (unit, "unit"), (vol, "volume"),
@@ -131,12 +142,13 @@ class ClickHouseSink:
         if len(set(mids)) != len(mids):
             seen: set[str] = set()
             keep = [i for i, m in enumerate(mids) if not (m in seen or seen.add(m))]
-        if self.settings.deduplicate:
-            keys = [cols[k] if keep is None else [cols[k][i] for i in keep] for k in _KEY]
-            stored = self.conn.existing_keys(self.table, keys)
+        if self.settings.deduplicate and any(self._check):
+            candidates = [i for i in (keep if keep is not None else range(len(mids))) if self._check[i]]
+            keys = [[cols[k][i] for i in candidates] for k in _KEY]
+            stored = self.conn.existing_keys(self.table, keys) if candidates else set()
             if stored:
                 idx = keep if keep is not None else range(len(mids))
-                keep = [i for i in idx if mids[i] not in stored]
+                keep = [i for i in idx if not (self._check[i] and mids[i] in stored)]
         if keep is None:
             return cols
         return [[c[i] for i in keep] for c in cols]
@@ -185,6 +197,8 @@ class ClickHouseSink:
             log.info("flush: %d of %d samples were stored already; skipped", rows - inserted, rows)
         self._record_flush(inserted, rows - inserted, seconds, max(self._columns[_KEY[2]]))
         self._columns = [[] for _ in SAMPLE_COLUMNS]
+        self._check = []
+        self.last_duplicates = rows - inserted
         return inserted
 
     def _record_flush(self, rows: int, duplicates: int, seconds: float, newest_us: int) -> None:
