@@ -77,6 +77,7 @@ class _Batch:
         self.replayed: dict[str, list] = {}  # samples that a previous owner may have stored already
         self.replay_partitions: set[int] = set()
         self.generation = 0  # consumer-group rebalances seen when the batch was prepared
+        self.timings: dict[str, float] = {}  # seconds per stage, logged at DEBUG
         self.rejected: list[tuple[Any, RejectedMessage]] = []
         self.received = 0
         self.alarm_events: list = []  # streams.alarms.evaluator.AlarmEvent, stored before the ack
@@ -236,7 +237,9 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                 RECORDS_REJECTED.labels(stage=error.stage, reason=error.reason).inc()
                 log.warning("record %s[%d]@%d rejected: %s", msg.topic, msg.partition, msg.offset, error)
             try:
+                started = time.perf_counter()
                 skipped = await asyncio.to_thread(write, batch)
+                batch.timings["write"] = time.perf_counter() - started
             except Exception:  # noqa: BLE001
                 _die("a publisher could not store the batch")
             if batch.replay_partitions and not skipped and batch.generation == rebalances:
@@ -252,13 +255,18 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                 await app.producer.flush()
             for event in batch.events:
                 await stream.ack(event)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("batch of %d records, %d samples: %s", len(batch.events), batch.received,
+                          ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in batch.timings.items()))
             SAMPLES_PROCESSED.inc(batch.received)
 
         # Two stages: batch N+1 is decoded and transformed while batch N is stored.
         # At most one batch is being stored; a batch is acked only once stored.
         lane.store = store
         async for events in stream.noack_take(p.batch_size, within=p.batch_timeout):
+            started = time.perf_counter()
             batch = prepare(events)
+            batch.timings["prepare"] = time.perf_counter() - started
             prev = lane.submit(batch)
             if prev is not None:
                 await prev
