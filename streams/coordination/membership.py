@@ -114,8 +114,4 @@ class PartitionCoordinator(Service):
         await asyncio.to_thread(self._sync)
 
     async def on_stop(self) -> None:
-        if self.session.connected:
-            try:
-                await asyncio.to_thread(self.session.call, "delete", self.path)
-            except (KazooException, TimeoutError):
-                pass
+        await asyncio.to_thread(self.session.delete_quietly, self.path)

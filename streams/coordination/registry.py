@@ -96,11 +96,7 @@ class ServiceRegistration(Service):
             await asyncio.to_thread(self.report)
 
     async def on_stop(self) -> None:
-        if self.session.connected:
-            try:
-                await asyncio.to_thread(self.session.call, "delete", self.path)
-            except (KazooException, TimeoutError):
-                pass
+        await asyncio.to_thread(self.session.delete_quietly, self.path)
 
 
 def registration(settings: CoordinationSettings, binary: str, report_interval: float = 10.0,

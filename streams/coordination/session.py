@@ -16,6 +16,7 @@ import logging
 import threading
 
 from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException
 from kazoo.retry import KazooRetry
 from mode import Service
 
@@ -94,6 +95,18 @@ class ZooKeeperSession(Service):
             self.client.close()
         except Exception:  # noqa: BLE001 - stopping must not fail the shutdown
             log.exception("closing the ZooKeeper client")
+
+    def delete_quietly(self, path: str) -> None:
+        """Delete ``path`` if the session is up; otherwise do nothing.
+
+        For a member's own ephemeral znode on a clean stop: if the session is
+        gone, ZooKeeper removes ephemeral nodes itself.
+        """
+        if self.connected:
+            try:
+                self.call("delete", path)
+            except (KazooException, TimeoutError):
+                pass
 
     def call(self, fn_name: str, *args: object, timeout: float = 2.0, **kwargs: object):
         """Run ``client.<fn_name>_async(*args, **kwargs)`` and wait up to ``timeout`` s (blocking).
