@@ -20,7 +20,6 @@ fingerprint, has no logical types) and saves a ``datetime`` per sample.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -282,7 +281,3 @@ def group_by_resource(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
         groups.setdefault(s["resource_id"], []).append(s)
     return groups
 
-
-def copy_sample(sample: Sample) -> Sample:
-    """Deep copy of a sample dict (metadata included)."""
-    return copy.deepcopy(sample)

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streams.codec import Sample
 from streams.observability import EDGE_HOOK_CONFIG_ERRORS, EDGE_HOOK_DROPPED
-from streams.pollers.polling import MeterSelector, load_plugin, pattern_problem
+from streams.pollers.polling import MeterSelector, check_patterns, load_plugin
 
 log = logging.getLogger(__name__)
 HOOK_GROUP = "streams.edge_hooks"
@@ -141,14 +141,7 @@ class HookSpec(BaseModel):
     meters: list[str] = Field(min_length=1)
     kind: str
 
-    @field_validator("meters")
-    @classmethod
-    def _patterns(cls, v: list[str]) -> list[str]:
-        for p in v:
-            problem = pattern_problem(p)
-            if problem:
-                raise ValueError(f"bad pattern {p!r}: {problem}")
-        return v
+    _patterns = field_validator("meters")(classmethod(lambda cls, v: check_patterns(v)))
 
 
 class HooksDocument(BaseModel):

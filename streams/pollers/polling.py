@@ -84,14 +84,7 @@ class SourceDefinition(BaseModel):
     discovery_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     resources: list[StaticResource | str] = Field(default_factory=list)
 
-    @field_validator("meters")
-    @classmethod
-    def _check_patterns(cls, v: list[str]) -> list[str]:
-        for p in v:
-            problem = pattern_problem(p)
-            if problem:
-                raise ValueError(f"bad pattern {p!r}: {problem}")
-        return v
+    _check_patterns = field_validator("meters")(classmethod(lambda cls, v: check_patterns(v)))
 
     def static_resources(self) -> list[Resource]:
         return [(StaticResource(id=r) if isinstance(r, str) else r).to_resource() for r in self.resources]
@@ -125,6 +118,19 @@ def pattern_problem(pattern: str) -> str | None:
     if pattern.count("[") != pattern.count("]"):
         return "unbalanced '[' ']'"
     return None
+
+
+def check_patterns(patterns: list[str]) -> list[str]:
+    """Pydantic validator body for meter pattern lists.
+
+    Raises:
+        ValueError: the first bad pattern, with :func:`pattern_problem`'s reason.
+    """
+    for p in patterns:
+        problem = pattern_problem(p)
+        if problem:
+            raise ValueError(f"bad pattern {p!r}: {problem}")
+    return patterns
 
 
 @dataclass(frozen=True)
