@@ -11,7 +11,8 @@ until this code does it):
 3. send rejected records to the dead-letter topic and wait for the broker;
 4. add outputs to their publishers and flush them all (ClickHouse insert,
    Kafka re-publish) and wait;
-5. write changed states to the Faust table, flush its changelog;
+5. write changed states to the Faust table's store and its changelog
+   (librdkafka, :class:`~streams.processor.state.ChangelogWriter`), flush;
 6. only then acknowledge the events. Faust commits acknowledged offsets only.
 
 Steps 1-2 of batch N+1 run on the event loop while steps 3-6 of batch N run
@@ -51,7 +52,7 @@ from streams.pipeline import load_pipeline
 from streams.processor.normalize import Normalizer
 from streams.processor.publishers import open_publisher
 from streams.processor.stages import RecordProcessor, dlq_headers
-from streams.processor.state import BatchState, changelog_topic, create_state_table
+from streams.processor.state import BatchState, ChangelogWriter, StateWriteError, changelog_topic, create_state_table
 from streams.storage.health import DeadLetter, record_dead_letters
 from streams.topics import create_topics, describe_topics
 
@@ -155,6 +156,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     )
     samples_topic = app.topic(k.samples_topic, key_serializer="raw", value_serializer="raw")
     table = create_state_table(app, k.partitions)
+    changelog = ChangelogWriter(k, changelog_topic(p.app_id))
     alarm_stage = create_alarm_stage(settings, app)  # None unless alarms.enabled and coordination.hosts
     lane = _StoreLane()
     rebalances = 0
@@ -251,8 +253,13 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                     _die("alarm events could not be stored")
             # State reaches the changelog only after the outputs are stored, and is
             # flushed before the events are acknowledged.
-            if batch.state.commit():
-                await app.producer.flush()
+            if batch.state.commit(changelog):
+                started = time.perf_counter()
+                try:
+                    await asyncio.to_thread(changelog.flush)
+                except StateWriteError:
+                    _die("the state changelog refused writes")
+                batch.timings["changelog"] = time.perf_counter() - started
             for event in batch.events:
                 await stream.ack(event)
             if log.isEnabledFor(logging.DEBUG):

@@ -6,20 +6,35 @@ a resource's state is written to the changelog partition its samples arrive
 on, so the worker that owns a samples partition recovers exactly the state
 of the resources on it — after a restart or a rebalance.
 
-Faust normally takes that partition from the "current event", which a batched
-agent (``Stream.take_events``) does not set per record; :class:`ResourceStateTable`
-takes it from :attr:`ResourceStateTable.write_partition`, set by the processor
-for each write.
+Faust reads the changelog back (recovery); the processor writes it itself
+with :class:`ChangelogWriter`, a librdkafka producer, and puts each state in
+the table's local store directly. Faust's own table write path sends every
+key through its pure-Python producer, about 0.3 ms per record, which was a
+third of the processor's time with a stateful pipeline. The records are the
+ones Faust would write (JSON key and value, Faust's ``json`` codec), so
+Faust's recovery reads them unchanged.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaError, Producer
+
+from streams.config import KafkaSettings
+from streams.publisher import producer_config
+
+log = logging.getLogger(__name__)
 
 STATE_TABLE = "resource-state"
+
+
+class StateWriteError(RuntimeError):
+    """The changelog did not acknowledge every state write (the batch must not be acknowledged)."""
 
 
 def changelog_topic(app_id: str) -> str:
@@ -28,14 +43,59 @@ def changelog_topic(app_id: str) -> str:
 
 
 class ResourceStateTable(faust.Table):
-    """A Faust table whose changelog partition is chosen explicitly per write."""
-
-    write_partition: int | None = None
+    """The state table. Written through :meth:`BatchState.commit` only, which
+    names the changelog partition of every write; Faust's own write path
+    (``table[key] = value``) is refused, as it would pick the partition
+    from a "current event" that batched agents do not have."""
 
     def partition_for_key(self, key: Any) -> int | None:
-        if self.write_partition is None:
-            raise TypeError("ResourceStateTable: set write_partition before writing a key")
-        return self.write_partition
+        raise TypeError("ResourceStateTable is written by BatchState.commit, not table[key] = value")
+
+
+class ChangelogWriter:
+    """Produces state changes to the state table's changelog with librdkafka.
+
+    Records are what Faust's table would send: key ``json(resource_id)``,
+    value ``json(state)`` (compact), to an explicit partition. Idempotent,
+    ``acks=all`` (:func:`streams.publisher.producer_config`).
+
+    Args:
+        settings: Kafka connection settings.
+        topic: the changelog topic (:func:`changelog_topic`).
+        producer: a ready producer (tests); default: a new one from ``settings``.
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str, producer: Any = None) -> None:
+        self.topic = topic
+        self._producer = producer or Producer(producer_config(settings, **{"linger.ms": 5}))
+        self._failed: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._failed.append(f"{msg.key()!r}: {err}")
+
+    def send(self, partition: int, key: str, value: dict[str, Any]) -> None:
+        """Queue one state write (non-blocking; waits only while librdkafka's queue is full)."""
+        k = json.dumps(key).encode()
+        v = json.dumps(value, separators=(",", ":")).encode()
+        while True:
+            try:
+                self._producer.produce(self.topic, v, k, partition, on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Block until every queued write is acknowledged by the broker (run it in a thread).
+
+        Raises:
+            StateWriteError: a write failed, or some were still unacknowledged after ``timeout`` seconds.
+        """
+        remaining = self._producer.flush(timeout)
+        failed, self._failed = self._failed, []
+        if remaining or failed:
+            raise StateWriteError(f"changelog {self.topic}: {remaining} writes unacknowledged after {timeout}s, "
+                                  f"{len(failed)} failed (first: {failed[0] if failed else '-'})")
 
 
 def create_state_table(app: faust.App, partitions: int) -> ResourceStateTable:
@@ -51,7 +111,8 @@ class BatchState:
 
     Transformers mutate copies; :meth:`commit` writes back only what changed,
     after the batch's outputs are durable, so the changelog never runs ahead
-    of what storage holds.
+    of what storage holds. A state is written to the table's local store and
+    to the changelog partition of the samples partition it was read for.
 
     The processor prepares batch N+1 while batch N is still being stored, so
     reads go through ``pending``: states of earlier batches that are computed
@@ -82,15 +143,20 @@ class BatchState:
             self.pending[resource_id] = (state, self)
         return state
 
-    def commit(self) -> int:
-        """Write changed states to the table (and so to its changelog); returns how many."""
+    def commit(self, changelog: ChangelogWriter) -> int:
+        """Write changed states to the table's store and queue them on ``changelog``.
+
+        Returns:
+            how many states changed; if any, the caller must ``changelog.flush()``
+            before acknowledging the batch.
+        """
         written = 0
+        store = self.table.data
         for rid, state in self._copies.items():
             if state != self._originals[rid]:
-                self.table.write_partition = self._partitions[rid]
-                self.table[rid] = state
+                store[rid] = state
+                changelog.send(self._partitions[rid], rid, state)
                 written += 1
             if self.pending.get(rid, (None, None))[1] is self:
                 del self.pending[rid]
-        self.table.write_partition = None
         return written
