@@ -49,6 +49,7 @@ from streams.codec import BatchCodec, RejectedMessage
 from streams.config import ConfigError, KafkaSettings, Settings
 from streams.observability import RECORDS_REJECTED, SAMPLES_DERIVED, SAMPLES_PROCESSED, MetricsServer
 from streams.pipeline import load_pipeline
+from streams.processor import fastpath
 from streams.processor.normalize import Normalizer
 from streams.processor.publishers import open_publisher
 from streams.processor.stages import RecordProcessor, dlq_headers
@@ -154,6 +155,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
         broker_commit_interval=p.commit_interval,
         stream_wait_empty=False,
     )
+    fastpath.install(app)  # before anything creates the consumer
     samples_topic = app.topic(k.samples_topic, key_serializer="raw", value_serializer="raw")
     table = create_state_table(app, k.partitions)
     changelog = ChangelogWriter(k, changelog_topic(p.app_id))

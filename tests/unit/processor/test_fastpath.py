@@ -1,0 +1,75 @@
+"""streams.processor.fastpath: the record hand-off and the lean monitor keep Faust's semantics."""
+
+import asyncio
+
+from faust.types import TP
+from mode.utils.locks import Event
+
+from streams.processor.fastpath import Consumer, LeanMonitor
+
+
+def bare_consumer() -> Consumer:
+    """A Consumer with only what wait_first touches (no broker, no app)."""
+    consumer = object.__new__(Consumer)
+    consumer.suspend_flow = Event()
+    consumer._stopped = Event()
+    consumer._crashed = Event()
+    consumer._loop = asyncio.get_running_loop()
+    return consumer
+
+
+def test_handoff_awaits_the_callback_directly_while_the_flow_runs():
+    async def main():
+        consumer = bare_consumer()
+        delivered = []
+
+        async def callback(message):
+            delivered.append(message)
+            return "ok"
+
+        suspended = consumer.suspend_flow.wait()
+        results = await consumer.wait_first(callback("m1"), suspended)
+        assert delivered == ["m1"] and results.results == ["ok"] and not results.stopped
+        assert suspended.cr_frame is None  # closed, never scheduled: no "never awaited" warning
+
+    asyncio.run(main())
+
+
+def test_handoff_falls_back_to_wait_first_when_the_flow_is_suspended():
+    async def main():
+        consumer = bare_consumer()
+        consumer.suspend_flow.set()
+        started = asyncio.Event()
+
+        async def blocked_callback():
+            started.set()
+            await asyncio.sleep(3600)
+
+        callback = blocked_callback()
+        results = await asyncio.wait_for(consumer.wait_first(callback, consumer.suspend_flow.wait()), timeout=5)
+        # Faust's semantics: the suspended flow wins and the blocked callback is abandoned.
+        assert [c.__qualname__ for c in results.done] == ["Event.wait"]
+
+    asyncio.run(main())
+
+
+def test_other_waits_keep_modes_wait_first():
+    async def main():
+        consumer = bare_consumer()
+        other = Event()
+        other.set()
+        results = await consumer.wait_first(other.wait(), consumer.suspend_flow.wait())
+        assert results.done  # went through mode's wait_first (a different event), not the fast path
+
+    asyncio.run(main())
+
+
+def test_lean_monitor_keeps_the_inbound_time_faust_checks_for_stalls():
+    monitor = LeanMonitor()
+    tp = TP("samples", 3)
+    assert monitor.on_stream_event_in(tp, 10, stream=None, event=None) is None
+    assert tp in monitor.stream_inbound_time
+    monitor.on_message_in(tp, 10, message=None)
+    monitor.on_stream_event_out(tp, 10, stream=None, event=None, state=None)
+    monitor.on_message_out(tp, 10, message=None)
+    assert monitor.messages_received_total == 0 and monitor.events_total == 0
