@@ -16,6 +16,14 @@ Timestamps stay integers (microseconds since the epoch, UTC) in memory:
 schemas are used here with their ``logicalType`` annotations removed, which
 changes nothing on the wire (the Parsing Canonical Form, and so the
 fingerprint, has no logical types) and saves a ``datetime`` per sample.
+
+Two Avro libraries, each where it is best: fastavro parses the schemas,
+computes fingerprints, encodes, and decodes records written with an older
+schema version (schema resolution); cavro (Cython) decodes records written
+with the current batch schema, the processor's hot path, about twice as
+fast as fastavro (``make bench``, codec figures; decoding was a third of the
+processor's Python time). A unit test checks that both decoders give
+identical samples on fuzzed input.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+import cavro
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
@@ -172,6 +181,19 @@ def _read_key_id(data: bytes, pos: int) -> tuple[str, int]:
         raise RejectedMessage("decode", "malformed", f"key_id is not UTF-8: {exc}") from exc
 
 
+def current_schema_reader(store: SchemaStore, name: str) -> Any:
+    """A cavro decoder of Avro binary bodies written with ``store[name]`` (no schema resolution).
+
+    Returns:
+        ``decode(body: bytes) -> dict``, records as dicts, logical types off
+        (so values are exactly what fastavro returns for the same schema).
+    """
+    named = {n: e.parsed for n, e in store.by_name.items()}
+    expanded = fastavro.parse_schema(_strip_logical_types(store[name].raw), named, expand=True, _write_hint=False)
+    options = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True, logical_types=())
+    return cavro.Schema(expanded, options=options).binary_decode
+
+
 class BatchCodec:
     """Encode, sign, verify and decode :data:`BATCH_SCHEMA` records.
 
@@ -186,6 +208,7 @@ class BatchCodec:
         self._batch = self.store[BATCH_SCHEMA]
         self._header = MAGIC + self._batch.fingerprint
         self._placeholder = bytes(SIGNATURE_SIZE)
+        self._fast_reader = current_schema_reader(self.store, BATCH_SCHEMA)
 
     def encode(self, samples: Sequence[Sample], key_id: str | None = None) -> bytes:
         """Encode ``samples`` as one signed single-object record.
@@ -249,14 +272,12 @@ class BatchCodec:
         """
         writer, _ = self.verify(record)
         try:
-            body = io.BytesIO(record)
-            body.seek(HEADER_SIZE)
-            batch = fastavro.schemaless_reader(
-                body,
-                writer.parsed,
-                # Schema resolution only when the writer schema differs: it costs ~2x.
-                None if writer is self._batch else self._batch.parsed,
-            )
+            if writer is self._batch:
+                batch = self._fast_reader(record[HEADER_SIZE:])
+            else:  # an older writer schema: fastavro resolves it to the current one
+                body = io.BytesIO(record)
+                body.seek(HEADER_SIZE)
+                batch = fastavro.schemaless_reader(body, writer.parsed, self._batch.parsed)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a reject
             raise RejectedMessage("decode", "undecodable", f"{type(exc).__name__}: {exc}") from exc
         return batch["samples"]
