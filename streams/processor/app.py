@@ -156,7 +156,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
         stream_wait_empty=False,
     )
     fastpath.install(app)  # before anything creates the consumer
-    samples_topic = app.topic(k.samples_topic, key_serializer="raw", value_serializer="raw")
+    samples_topic = app.topic(k.samples_topic, schema=fastpath.RawSchema())
     table = create_state_table(app, k.partitions)
     changelog = ChangelogWriter(k, changelog_topic(p.app_id))
     alarm_stage = create_alarm_stage(settings, app)  # None unless alarms.enabled and coordination.hosts

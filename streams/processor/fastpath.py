@@ -1,4 +1,4 @@
-"""Two per-record costs of faust-streaming the processor does without.
+"""Per-record costs of faust-streaming the processor does without.
 
 Both were found by profiling ``streams process`` under ``make bench``
 (``py-spy record --gil``); together they were about a fifth of all Python
@@ -32,6 +32,11 @@ the Monitor (its other hooks: commits, rebalances, producer buffer) and
 skips those four and ``on_table_get`` (keeping only the per-partition
 inbound time Faust's stalled-stream warning reads); the processor's own Prometheus
 metrics count records, samples and rejects per batch.
+
+**Raw records.** The samples topic is read with :class:`RawSchema`: key and
+value stay the bytes Kafka delivered (the processor verifies and decodes
+them itself, :mod:`streams.codec`), without a trip through Faust's codec
+registry per record.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from __future__ import annotations
 from time import monotonic
 from typing import Any
 
+import faust
 from faust.sensors.monitor import Monitor
 from faust.transport.drivers import aiokafka as _aiokafka
 from mode.services import WaitResults
@@ -56,6 +62,18 @@ class Consumer(_aiokafka.Consumer):
                 result = await callback
                 return WaitResults(done=[callback], results=[result], stopped=False)
         return await super().wait_first(*coros, timeout=timeout)
+
+
+class RawSchema(faust.Schema):
+    """Events whose key and value are the record's bytes, as delivered (``None`` stays ``None``)."""
+
+    def compile(self, app: Any, **kwargs: Any) -> Any:
+        create_event = app.create_event
+
+        async def decode(message: Any, *, propagate: bool = False) -> Any:
+            return create_event(message.key, message.value, message.headers, message)
+
+        return decode
 
 
 class Transport(_aiokafka.Transport):

@@ -5,7 +5,7 @@ import asyncio
 from faust.types import TP
 from mode.utils.locks import Event
 
-from streams.processor.fastpath import Consumer, LeanMonitor
+from streams.processor.fastpath import Consumer, LeanMonitor, RawSchema
 
 
 def bare_consumer() -> Consumer:
@@ -73,3 +73,19 @@ def test_lean_monitor_keeps_the_inbound_time_faust_checks_for_stalls():
     monitor.on_stream_event_out(tp, 10, stream=None, event=None, state=None)
     monitor.on_message_out(tp, 10, message=None)
     assert monitor.messages_received_total == 0 and monitor.events_total == 0
+
+
+def test_raw_schema_hands_over_the_record_bytes_unchanged():
+    class App:
+        @staticmethod
+        def create_event(key, value, headers, message):
+            return (key, value, headers, message)
+
+    class Message:
+        key, value, headers = b"host-1", b"\xc3\x01...", [("h", b"v")]
+
+    decode = RawSchema().compile(App())
+    message = Message()
+    assert asyncio.run(decode(message)) == (b"host-1", b"\xc3\x01...", [("h", b"v")], message)
+    message.key = message.value = None  # tombstones and keyless records are the processor's to reject
+    assert asyncio.run(decode(message))[:2] == (None, None)
