@@ -1,9 +1,10 @@
 """Per-record costs of faust-streaming the processor does without.
 
-Both were found by profiling ``streams process`` under ``make bench``
+They were found by profiling ``streams process`` under ``make bench``
 (``py-spy record --gil``); together they were about a fifth of all Python
-time, and removing them took the bench's stateful run from 13.3-13.9k to 16.9-20.9k
-samples/s (420k-sample subset, same machine and topic, runs interleaved).
+time. Removing them took the bench's stateful run from 13.3-13.9k to
+16.9-20.9k samples/s (420k-sample subset, same machine and topic, runs
+interleaved).
 
 **Record hand-off.** faust-streaming's consumer hands every fetched record to the stream with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``
@@ -13,16 +14,23 @@ rebalance suspends the flow can be abandoned. Profiled on the processor
 (``make bench``), that was about 12% of all Python time, more than the
 ClickHouse insert.
 
-:class:`Consumer` keeps that call for the rare case and awaits the callback
-directly when the flow is not suspended. The callback (Faust's conductor:
-a lock, then the stream's non-blocking queue put) only ever waits when the
-subscription is being changed or Faust's own producer buffer is full; the
-processor writes its changelog with librdkafka, so that buffer holds only
-dead letters and alarm events. The one difference: a callback that blocks
-and is then overtaken by a rebalance completes instead of being dropped,
-and its record reaches the stream. That is harmless here: the processor
-stores a record at most once per replay (docs/storage.md), and an
-acknowledgement of a partition no longer assigned is ignored by Faust.
+:class:`Consumer` starts the callback eagerly, the way Python 3.12's
+``asyncio.eager_task_factory`` does: it runs the coroutine in the draining
+task until its first suspension. Nearly always the callback (Faust's
+conductor: a lock, then the stream's non-blocking queue put) finishes right
+there, and no task or wait is needed; the drain then yields to the event
+loop once, as ``wait_first`` did, so rebalance callbacks (``stop_flow``,
+seeks to committed offsets) still run between any two records. If the
+callback does suspend (the conductor's lock is held during a rebalance;
+Faust's producer buffer is full), the started coroutine goes to Faust's own
+``wait_first`` unchanged, and a rebalance abandons it exactly as before.
+
+Both halves matter. A first version awaited the callback directly and
+handed a whole fetch to the stream without yielding; in the worker-kill
+test (``tests/integration/test_transformers.py``) the survivor then lost
+the first records of the partitions it took over in about one run in five:
+they were delivered around the rebalance, and Faust committed past them.
+With the per-record yield and the abandon path, 10 runs in a row passed.
 
 **Per-event statistics.** Faust's default :class:`~faust.sensors.Monitor`
 updates counters, deques and timestamps for every message and stream event
@@ -41,6 +49,8 @@ registry per record.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Generator
 from time import monotonic
 from typing import Any
 
@@ -50,17 +60,59 @@ from faust.transport.drivers import aiokafka as _aiokafka
 from mode.services import WaitResults
 
 
+class _Started:
+    """Awaitable rest of a coroutine that was stepped by hand and yielded ``pending``.
+
+    Awaiting it hands ``pending`` (a future, or None for a bare yield) to the
+    awaiting task, then forwards sends and throws (cancellation) to the
+    coroutine: what ``yield from coro`` would do had it not been started.
+    """
+
+    def __init__(self, coro: Any, pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return _resume(self.coro, self.pending)
+
+
+def _resume(coro: Any, pending: Any) -> Generator[Any, Any, Any]:
+    while True:
+        try:
+            value = yield pending
+        except BaseException as exc:  # noqa: BLE001 - forwarded, e.g. CancelledError
+            try:
+                pending = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                pending = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
 class Consumer(_aiokafka.Consumer):
-    """aiokafka consumer whose record hand-off skips ``wait_first`` while the flow runs."""
+    """aiokafka consumer whose record hand-off starts the callback eagerly (module docstring)."""
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if len(coros) == 2 and timeout is None and not self.suspend_flow.is_set():
             callback, suspended = coros
             frame = getattr(suspended, "cr_frame", None)
             if frame is not None and frame.f_locals.get("self") is self.suspend_flow:
-                suspended.close()  # never started: nothing to cancel
-                result = await callback
-                return WaitResults(done=[callback], results=[result], stopped=False)
+                try:
+                    pending = callback.send(None)  # run it up to its first suspension
+                except StopIteration as done:
+                    suspended.close()  # never started: nothing to cancel
+                    # Yield to the loop once per record, as Faust's wait_first does, so rebalance
+                    # callbacks (stop_flow, seeks) run between records exactly as before.
+                    await asyncio.sleep(0)
+                    return WaitResults(done=[callback], results=[done.value], stopped=False)
+                except BaseException:
+                    suspended.close()
+                    raise
+                # It would block: let Faust's wait_first race it against the flow being suspended.
+                return await super().wait_first(_Started(callback, pending), suspended)
         return await super().wait_first(*coros, timeout=timeout)
 
 

@@ -89,3 +89,42 @@ def test_raw_schema_hands_over_the_record_bytes_unchanged():
     assert asyncio.run(decode(message)) == (b"host-1", b"\xc3\x01...", [("h", b"v")], message)
     message.key = message.value = None  # tombstones and keyless records are the processor's to reject
     assert asyncio.run(decode(message))[:2] == (None, None)
+
+
+def test_handoff_that_would_block_completes_when_the_flow_keeps_running():
+    async def main():
+        consumer = bare_consumer()
+        lock = asyncio.Lock()
+        await lock.acquire()  # Faust's conductor lock, held during a rebalance
+
+        async def callback(message):
+            async with lock:
+                return message
+
+        asyncio.get_running_loop().call_later(0.05, lock.release)
+        results = await asyncio.wait_for(consumer.wait_first(callback("m1"), consumer.suspend_flow.wait()), 5)
+        assert results.results == ["m1"] and not results.stopped
+
+    asyncio.run(main())
+
+
+def test_handoff_that_would_block_is_abandoned_when_the_flow_is_suspended_meanwhile():
+    async def main():
+        consumer = bare_consumer()
+        lock = asyncio.Lock()
+        await lock.acquire()
+        delivered = []
+
+        async def callback(message):
+            async with lock:
+                delivered.append(message)
+
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, consumer.suspend_flow.set)  # a rebalance starts while the callback waits
+        results = await asyncio.wait_for(consumer.wait_first(callback("m1"), consumer.suspend_flow.wait()), 5)
+        assert [c.__qualname__ for c in results.done] == ["Event.wait"]
+        lock.release()
+        await asyncio.sleep(0.05)
+        assert delivered == [] and not lock.locked()  # cancelled: never delivered, lock not leaked
+
+    asyncio.run(main())
