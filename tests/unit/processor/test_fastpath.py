@@ -129,19 +129,3 @@ def test_handoff_that_would_block_is_abandoned_when_the_flow_is_suspended_meanwh
 
     asyncio.run(main())
 
-
-def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold():
-    import gc
-
-    from streams.processor.app import tune_gc
-
-    before = gc.get_threshold()
-    try:
-        tune_gc(0)
-        assert gc.get_threshold() == before  # 0: Python's settings stay
-        tune_gc(50_000)
-        assert gc.get_threshold() == (50_000, before[1], before[2])
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
