@@ -1,7 +1,9 @@
 """Benchmark ceiling: one confluent-kafka consumer + fastavro decode + columnar ClickHouse insert.
 
 No signature check, no normalization, no transformers, no Faust: the
-practical upper bound for one Python process on this machine. Reads the
+practical upper bound for one Python process on this machine. It runs with
+the processor's garbage-collector settings (``processor.gc_threshold``), so
+the comparison is about the work done, not GC tuning. Reads the
 ``STREAMS_*`` environment like the processor; stops after ``--samples`` rows.
 Not part of the product; run by ``bench/run.py``.
 """
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams.codec import BATCH_SCHEMA, HEADER_SIZE, SchemaStore  # noqa: E402
 from streams.config import load_settings  # noqa: E402
+from streams.processor.app import tune_gc  # noqa: E402
 from streams.storage.clickhouse import ClickHouseSink  # noqa: E402
 
 
@@ -29,6 +32,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, required=True)
     args = ap.parse_args()
     settings = load_settings()
+    tune_gc(settings.processor.gc_threshold)  # the processor's GC settings, so the ceiling is comparable
     schema = SchemaStore()[BATCH_SCHEMA].parsed
     # The ceiling: no duplicate lookup either (the processor skips it outside replays too).
     sink = ClickHouseSink(settings.clickhouse.model_copy(update={"deduplicate": False}))
