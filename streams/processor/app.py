@@ -329,13 +329,13 @@ def tune_gc(threshold: int) -> None:
     default) the collector scans the young generation, and the older ones
     with everything long-lived (Faust, the state table) in turn. Profiled
     under ``make bench``, that was about a fifth of the processor's time,
-    counted against the decoder. Objects alive at start-up are frozen out of
-    collections (``gc.freeze``), and the young generation is collected every
-    ``threshold`` allocations. ``threshold`` 0 leaves Python's settings.
+    counted against the decoder. The young generation is collected every
+    ``threshold`` allocations instead; ``threshold`` 0 leaves Python's
+    settings. (``gc.freeze()`` of start-up objects was tried too: the
+    process then crashed at exit with chdb loaded, and it added nothing
+    measurable.)
     """
     if threshold:
-        gc.collect()
-        gc.freeze()
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(threshold, gen1, gen2)
 
