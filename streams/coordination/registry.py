@@ -11,7 +11,7 @@ service is *alive* while its znode exists (its ZooKeeper session lives) and
 its last report is at most ``2 x report_interval`` old (its loop still runs).
 
 To register a service, add :func:`registration` 's result to its mode
-dependencies (the poller does; the processor and notifier will)::
+dependencies (the pollers and the processor do; the notifier does not yet)::
 
     deps.append(registration(settings.coordination, "streams-process", 10.0))
 """

@@ -48,6 +48,7 @@ import faust
 from streams.alarms.stage import create_alarm_stage
 from streams.codec import BatchCodec, RejectedMessage
 from streams.config import ConfigError, KafkaSettings, Settings
+from streams.coordination.registry import registration
 from streams.observability import RECORDS_REJECTED, SAMPLES_DERIVED, SAMPLES_PROCESSED, MetricsServer
 from streams.pipeline import load_pipeline
 from streams.processor import fastpath
@@ -345,5 +346,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     ensure_state_topic(settings)
     app, metrics = create_app(settings)
     tune_gc(settings.processor.gc_threshold)
-    worker = faust.Worker(app, metrics, loglevel=loglevel, quiet=True)
+    # Listed by `streams services list` while it runs (when coordination.hosts is set).
+    services = [s for s in (registration(settings.coordination, "streams-process"),) if s is not None]
+    worker = faust.Worker(app, metrics, *services, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -1,4 +1,4 @@
-"""The live-service registry: a running poller registers, reports, and disappears when killed."""
+"""The live-service registry: a running poller or processor registers, reports, and disappears when it ends."""
 
 from __future__ import annotations
 
@@ -47,3 +47,24 @@ def test_poller_registers_refreshes_and_vanishes(pipeline, services):
     agent.kill()  # kill -9: the ephemeral znode goes with the session
     wait_for(lambda: pid not in services_list(pipeline, root, zk, "--all"), SESSION_TIMEOUT + 8,
              "the killed poller gone from the registry")
+
+
+def test_processor_registers_and_leaves_on_stop(pipeline, services):
+    root = f"/t{uuid.uuid4().hex[:10]}"
+    zk = services["zookeeper"]
+    proc = pipeline.spawn("process", STREAMS_COORDINATION__HOSTS=zk, STREAMS_COORDINATION__ROOT=root,
+                          STREAMS_COORDINATION__SESSION_TIMEOUT=str(SESSION_TIMEOUT))
+    proc.wait_ready()
+    pid = str(proc.proc.pid)
+
+    def row():
+        for line in services_list(pipeline, root, zk).splitlines()[1:]:
+            cols = line.split("\t")
+            if cols[2] == pid:
+                return cols
+        return None
+
+    binary, host, *_, alive = wait_for(row, 20, "the processor in `streams services list`")
+    assert (binary, host, alive) == ("streams-process", socket.gethostname(), "yes")
+    proc.stop()  # SIGTERM: a clean stop deletes the znode at once, no session timeout to wait for
+    wait_for(lambda: pid not in services_list(pipeline, root, zk, "--all"), 10, "the stopped processor gone")
