@@ -346,7 +346,8 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     ensure_state_topic(settings)
     app, metrics = create_app(settings)
     tune_gc(settings.processor.gc_threshold)
-    # Listed by `streams services list` while it runs (when coordination.hosts is set).
-    services = [s for s in (registration(settings.coordination, "streams-process"),) if s is not None]
-    worker = faust.Worker(app, metrics, *services, loglevel=loglevel, quiet=True)
+    # Listed by `streams services list` while it runs (None when coordination.hosts is unset).
+    registered = registration(settings.coordination, "streams-process")
+    services = (app, metrics) if registered is None else (app, metrics, registered)
+    worker = faust.Worker(*services, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -30,7 +30,7 @@ handed a whole fetch to the stream without yielding; in the worker-kill
 test (``tests/integration/test_transformers.py``) the survivor then lost
 the first records of the partitions it took over in about one run in five:
 they were delivered around the rebalance, and Faust committed past them.
-With the per-record yield and the abandon path, 10 runs in a row passed.
+With the per-record yield and the abandon path, 20 runs in a row passed.
 
 **Per-event statistics.** Faust's default :class:`~faust.sensors.Monitor`
 updates counters, deques and timestamps for every message and stream event

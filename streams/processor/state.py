@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from typing import Any
 
 import faust
@@ -27,8 +26,6 @@ from confluent_kafka import KafkaError, Producer
 
 from streams.config import KafkaSettings
 from streams.publisher import producer_config
-
-log = logging.getLogger(__name__)
 
 STATE_TABLE = "resource-state"
 

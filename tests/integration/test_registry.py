@@ -20,6 +20,15 @@ def services_list(pipeline, root: str, zk: str, *flags: str) -> str:
     return out.stdout
 
 
+def registry_row(pipeline, root: str, zk: str, pid: str) -> list[str] | None:
+    """The `streams services list` row of process ``pid``, split into columns; None if absent."""
+    for line in services_list(pipeline, root, zk).splitlines()[1:]:
+        cols = line.split("\t")
+        if cols[2] == pid:
+            return cols
+    return None
+
+
 def test_poller_registers_refreshes_and_vanishes(pipeline, services):
     root = f"/t{uuid.uuid4().hex[:10]}"
     zk = services["zookeeper"]
@@ -31,11 +40,7 @@ def test_poller_registers_refreshes_and_vanishes(pipeline, services):
     pid = str(agent.proc.pid)
 
     def row():
-        for line in services_list(pipeline, root, zk).splitlines()[1:]:
-            cols = line.split("\t")
-            if cols[2] == pid:
-                return cols
-        return None
+        return registry_row(pipeline, root, zk, pid)
 
     binary, host, _, version, up_s, last_s, alive = wait_for(row, 20, "the poller in `streams services list`")
     assert (binary, host, alive) == ("streams-poll-compute", socket.gethostname(), "yes")
@@ -57,14 +62,7 @@ def test_processor_registers_and_leaves_on_stop(pipeline, services):
     proc.wait_ready()
     pid = str(proc.proc.pid)
 
-    def row():
-        for line in services_list(pipeline, root, zk).splitlines()[1:]:
-            cols = line.split("\t")
-            if cols[2] == pid:
-                return cols
-        return None
-
-    binary, host, *_, alive = wait_for(row, 20, "the processor in `streams services list`")
+    binary, host, *_, alive = wait_for(lambda: registry_row(pipeline, root, zk, pid), 20, "the processor in `streams services list`")
     assert (binary, host, alive) == ("streams-process", socket.gethostname(), "yes")
     proc.stop()  # SIGTERM: a clean stop deletes the znode at once, no session timeout to wait for
     wait_for(lambda: pid not in services_list(pipeline, root, zk, "--all"), 10, "the stopped processor gone")
