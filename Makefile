@@ -8,7 +8,7 @@ DEMO_CONFIG ?= etc/streams.dev.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap up down status demo test test-unit test-integration bench lint helm-lint clean
+.PHONY: help bootstrap up down status demo test test-clock test-unit test-integration bench lint helm-lint clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,9 +28,14 @@ status: ## Show the local services
 demo: bootstrap ## Run the pipeline on this machine's real metrics for a minute and report from ClickHouse
 	@$(STREAMS) --config $(DEMO_CONFIG) demo
 
-test: bootstrap ## Unit tests, then integration tests against the real local services
+test: bootstrap ## Unit and integration tests against the real local services, then the unit suite a year ahead
 	@$(STREAMS) dev up
 	@$(PY) -m pytest tests -ra $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-clock
+
+test-clock: bootstrap ## The unit suite with the clock 400 days ahead (libfaketime): no test may depend on the date
+	@echo "unit suite with the clock 400 days ahead (faketime -f '+400d')"
+	@faketime -f '+400d' $(PY) -m pytest tests/unit -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: bootstrap ## Unit tests only (no services)
 	@$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)

@@ -2,7 +2,8 @@
 # Idempotent setup for a fresh Debian bookworm machine (used by `make test` and `make demo`).
 #
 #  1. Debian packages the local dev services need (zookeeper, clickhouse-server,
-#     clickhouse-client; a JRE comes with zookeeper's Depends: default-jre) and
+#     clickhouse-client; a JRE comes with zookeeper's Depends: default-jre), faketime
+#     (`make test` runs the unit suite with the clock a year ahead), and
 #     python3-venv if `python3 -m venv` cannot work.  Installed only if missing,
 #     which needs root; otherwise prints the apt-get command and exits 1.
 #     The system clickhouse-server/zookeeper services are neither enabled nor
@@ -44,7 +45,7 @@ is_installed() {  # is_installed PKG: the Debian package is fully installed
 command -v dpkg-query >/dev/null || die "dpkg-query not found: this script targets Debian/Ubuntu"
 
 missing=()
-for pkg in zookeeper clickhouse-server clickhouse-client; do
+for pkg in zookeeper clickhouse-server clickhouse-client faketime; do
     is_installed "$pkg" || missing+=("$pkg")
 done
 # zookeeper Depends: default-jre, but make sure a java exists even if someone removed it.

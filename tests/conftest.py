@@ -13,6 +13,15 @@ from streams.signing import Keyring
 TEST_KEYS = {"k-old": b"old-secret-for-tests", "k-new": b"new-secret-for-tests"}
 
 
+def recent_hour_us(hours_ago: int = 24) -> int:
+    """An hour boundary ``hours_ago`` hours before now, in µs since the epoch (UTC).
+
+    Tests that store rows use times relative to now: a fixed date falls out of a
+    table's TTL one day and makes the suite fail on the calendar, not on the code.
+    """
+    return (int(time.time()) // 3600 - hours_ago) * 3600 * 1_000_000
+
+
 @pytest.fixture
 def keyring() -> Keyring:
     return Keyring(TEST_KEYS, "k-new")

@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from streams.storage.backend import EmbeddedConnection, ServerConnection, close_chdb
 from streams.storage.clickhouse import ClickHouseSink
-from tests.conftest import make_test_sample
+from tests.conftest import make_test_sample, recent_hour_us
 from tests.integration.conftest import wait_for
 from tests.unit.storage.test_sink import rollups_agree
 
@@ -111,18 +112,19 @@ def _check_rollups(conn, db: str) -> None:
 
 def test_sink_and_statistics_on_the_server(pipeline):
     sink = ClickHouseSink(pipeline.settings.clickhouse)
-    rows = [s for b in _batches(40, per=3, base_us=1_795_000_000_000_000) for s in b]
+    base_us = recent_hour_us()
+    rows = [s for b in _batches(40, per=3, base_us=base_us) for s in b]
     sink.add(rows)
     assert sink.flush() == len(rows)
     sink.add(rows[:30])
     assert sink.flush() == 0
     _check_rollups(ServerConnection(pipeline.settings.clickhouse.url), pipeline.db)
     out = json.loads(streams_cli(pipeline, "query", "statistics", "--meter", "cpu_util", "--period", "60",
-                                 "--start", "1795000000", "--json"))
+                                 "--start", str(base_us // 1_000_000), "--json"))
     cpu = [r["volume"] for r in rows if r["name"] == "cpu_util"]
     assert sum(s["count"] for s in out) == len(cpu)
     assert sum(s["sum"] for s in out) == pytest.approx(sum(cpu))
-    assert out[0]["period_start"] == "2026-11-18T11:06:40+00:00" and out[0]["period"] == 60
+    assert out[0]["period_start"] == datetime.fromtimestamp(base_us / 1e6, UTC).isoformat() and out[0]["period"] == 60
     assert min(s["min"] for s in out) == min(cpu) and max(s["max"] for s in out) == max(cpu)
     table = streams_cli(pipeline, "query", "statistics", "-m", "cpu_util", "--groupby", "resource_id")
     assert table.splitlines()[0].split()[:4] == ["groupby", "period_start", "period_end", "count"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from streams.storage.clickhouse import ClickHouseSink
-from tests.conftest import make_test_sample
+from tests.conftest import make_test_sample, recent_hour_us
 
-BASE_US = 1_795_000_000_000_000
+BASE_US = recent_hour_us()  # inside the fixture's 7-day TTL whatever the date
 
 
 def _samples(n: int) -> list[dict]:
