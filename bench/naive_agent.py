@@ -47,7 +47,7 @@ def main() -> None:
         state: dict[str, dict] = {}  # in memory only: the naive agent has no table
         async for event in stream.events():
             try:
-                samples = stages.decode_record(event.message.value)
+                samples = stages.decode_record(event.message.value, event.message.key)
             except RejectedMessage:
                 continue
             out: dict[str, list] = {}

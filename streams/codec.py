@@ -24,6 +24,15 @@ with the current batch schema, the processor's hot path, about twice as
 fast as fastavro (``make bench``, codec figures; decoding was a third of the
 processor's Python time). A unit test checks that both decoders give
 identical samples on fuzzed input.
+
+Limits (:class:`RecordLimits`) are checked on the raw bytes before the HMAC
+and the decode: a record's size, and the sample count of its array block.
+Decoding costs up to about 18 times a record's size in Python objects, so
+the size limit is what bounds a worker's memory per record.
+
+:class:`SignedCodec` is the rule for any signed record (key id first, HMAC
+trailer last); :class:`BatchCodec` applies it to ``streams.SampleBatch`` and
+:mod:`streams.alarms.records` to ``streams.AlarmRecord``.
 """
 
 from __future__ import annotations
@@ -73,20 +82,55 @@ class Sample(TypedDict, total=False):
     message_signature: str | None
 
 
+MAX_DETAIL = 512
+"""Characters of input-derived text kept in a rejection's detail (logs, DLQ headers, tables)."""
+
+
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut.
+
+    Text that comes from input (a key id, a resource id, an exception message
+    quoting a value) goes into logs, Kafka headers and tables only through
+    this, so one oversized record cannot write a 500,000-character log line.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
 class RejectedMessage(Exception):
     """A record that cannot be accepted, and why; it goes to the dead-letter topic.
 
     Attributes:
-        stage: pipeline stage that refused it (``decode``, ``verify``, ``normalize``).
+        stage: pipeline stage that refused it (``decode``, ``verify``, ``normalize``,
+            ``transform``, ``store``).
         reason: a short stable token for metrics and headers, e.g. ``bad_signature``.
-        detail: human-readable explanation.
+        detail: human-readable explanation, clipped to :data:`MAX_DETAIL` characters.
     """
 
     def __init__(self, stage: str, reason: str, detail: str = "") -> None:
+        detail = clip(detail)
         super().__init__(f"{stage}/{reason}: {detail}" if detail else f"{stage}/{reason}")
         self.stage = stage
         self.reason = reason
         self.detail = detail
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """Input limits, checked before work is done (processor settings ``max_*``).
+
+    Attributes:
+        record_bytes: largest record value accepted, bytes (checked before the HMAC).
+        samples: most samples in one record (checked on the raw Avro array block count).
+        metadata_entries: most ``resource_metadata`` entries in one sample.
+        string_chars: longest string field, characters (metadata keys and values included).
+    """
+
+    record_bytes: int = 1 << 20
+    samples: int = 1000
+    metadata_entries: int = 256
+    string_chars: int = 64 << 10
 
 
 def _strip_logical_types(schema: Any) -> Any:
@@ -152,18 +196,20 @@ class SchemaStore:
                 raise ValueError(
                     f"unresolvable schema references in {', '.join(map(str, pending))}"
                 )
+        self.named = named
+        """Every named type of every file (records, enums, fixed), parsed, by full name."""
 
     def __getitem__(self, name: str) -> ParsedSchema:
         return self.by_name[name]
 
 
-def _read_key_id(data: bytes, pos: int) -> tuple[str, int]:
-    """Decode an Avro ``string`` at ``pos``; return it and the position after it."""
+def _read_long(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """Decode an Avro ``long`` (zig-zag varint) at ``pos``; return it and the position after it."""
     shift = 0
     acc = 0
     while True:
         if pos >= len(data):
-            raise RejectedMessage("decode", "truncated", "record ends inside key_id")
+            raise RejectedMessage("decode", "truncated", f"record ends inside {what}")
         b = data[pos]
         pos += 1
         acc |= (b & 0x7F) << shift
@@ -171,8 +217,13 @@ def _read_key_id(data: bytes, pos: int) -> tuple[str, int]:
             break
         shift += 7
         if shift > 63:
-            raise RejectedMessage("decode", "malformed", "key_id length varint too long")
-    length = (acc >> 1) ^ -(acc & 1)  # zig-zag
+            raise RejectedMessage("decode", "malformed", f"{what} varint too long")
+    return (acc >> 1) ^ -(acc & 1), pos
+
+
+def _read_key_id(data: bytes, pos: int) -> tuple[str, int]:
+    """Decode an Avro ``string`` at ``pos``; return it and the position after it."""
+    length, pos = _read_long(data, pos, "key_id length")
     if length < 0 or pos + length > len(data):
         raise RejectedMessage("decode", "malformed", f"key_id length {length} out of range")
     try:
@@ -188,65 +239,80 @@ def current_schema_reader(store: SchemaStore, name: str) -> Any:
         ``decode(body: bytes) -> dict``, records as dicts, logical types off
         (so values are exactly what fastavro returns for the same schema).
     """
-    named = {n: e.parsed for n, e in store.by_name.items()}
-    expanded = fastavro.parse_schema(_strip_logical_types(store[name].raw), named, expand=True, _write_hint=False)
+    expanded = fastavro.parse_schema(_strip_logical_types(store[name].raw), dict(store.named), expand=True,
+                                     _write_hint=False)
     options = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True, logical_types=())
     return cavro.Schema(expanded, options=options).binary_decode
 
 
-class BatchCodec:
-    """Encode, sign, verify and decode :data:`BATCH_SCHEMA` records.
+class SignedCodec:
+    """Encode, sign, verify and decode signed records of one schema.
+
+    The schema's first field is ``key_id`` (string), its last ``signature``
+    (fixed 32), and one field in between carries the payload (``payload``).
+    The signature is HMAC-SHA256 of every byte before it (marker,
+    fingerprint, key id, payload), so :meth:`verify` needs no decoding.
 
     Args:
         keyring: signing keys; the active one signs, any one verifies.
+        schema: full name of the record schema, e.g. ``streams.SampleBatch``.
+        payload: name of the payload field, e.g. ``samples``.
         store: schemas; defaults to the project's ``schemas/``.
+        limits: input limits (:class:`RecordLimits`); default limits if None.
     """
 
-    def __init__(self, keyring: Keyring, store: SchemaStore | None = None) -> None:
+    def __init__(self, keyring: Keyring, schema: str, payload: str, store: SchemaStore | None = None,
+                 limits: RecordLimits | None = None) -> None:
         self.keyring = keyring
         self.store = store or SchemaStore()
-        self._batch = self.store[BATCH_SCHEMA]
-        self._header = MAGIC + self._batch.fingerprint
+        self.limits = limits or RecordLimits()
+        self._schema = self.store[schema]
+        self._payload = payload
+        self._header = MAGIC + self._schema.fingerprint
         self._placeholder = bytes(SIGNATURE_SIZE)
-        self._fast_reader = current_schema_reader(self.store, BATCH_SCHEMA)
+        self._fast_reader = current_schema_reader(self.store, schema)
 
-    def encode(self, samples: Sequence[Sample], key_id: str | None = None) -> bytes:
-        """Encode ``samples`` as one signed single-object record.
+    def encode(self, payload: Any, key_id: str | None = None) -> bytes:
+        """Encode ``payload`` as one signed single-object record.
 
         Args:
-            samples: dicts of the ``streams.Sample`` shape, usually of one resource.
+            payload: the value of the payload field (e.g. a list of sample dicts).
             key_id: signing key (default: the keyring's active key).
 
         Returns:
             the record bytes: header, body, and a 32-byte HMAC-SHA256 trailer.
 
         Raises:
-            ValueError / TypeError / fastavro errors: a sample does not fit the schema.
+            ValueError / TypeError / fastavro errors: the payload does not fit the schema.
         """
         key_id = key_id or self.keyring.active
         buf = io.BytesIO()
         buf.write(self._header)
         fastavro.schemaless_writer(
-            buf,
-            self._batch.parsed,
-            {"key_id": key_id, "samples": samples, "signature": self._placeholder},
+            buf, self._schema.parsed,
+            {"key_id": key_id, self._payload: payload, "signature": self._placeholder},
         )
         data = buf.getbuffer()
         unsigned = bytes(data[:-SIGNATURE_SIZE])
         del data
         return unsigned + self.keyring.sign(unsigned, key_id)
 
-    def verify(self, record: bytes) -> tuple[ParsedSchema, str]:
-        """Check framing and signature of ``record`` without decoding its samples.
+    def verify(self, record: bytes) -> tuple[ParsedSchema, str, int]:
+        """Check size, framing and signature of ``record`` without decoding its payload.
 
         Returns:
-            the writer schema and the key id that signed it.
+            the writer schema, the key id that signed it, and the offset of the
+            payload (the first byte after the key id).
 
         Raises:
-            RejectedMessage: stage ``decode`` (not single-object encoded, unknown
-                schema fingerprint, truncated) or stage ``verify`` (``unknown_key``,
-                ``bad_signature``).
+            RejectedMessage: stage ``decode`` (``too_large``: over
+                ``limits.record_bytes``, checked first; not single-object encoded,
+                unknown schema fingerprint, truncated) or stage ``verify``
+                (``unknown_key``, ``bad_signature``).
         """
+        if len(record) > self.limits.record_bytes:
+            raise RejectedMessage("decode", "too_large",
+                                  f"record of {len(record)} bytes; the limit is {self.limits.record_bytes}")
         if len(record) < HEADER_SIZE + SIGNATURE_SIZE + 1 or record[:2] != MAGIC:
             raise RejectedMessage(
                 "decode", "not_single_object", "missing Avro single-object marker C3 01"
@@ -256,31 +322,75 @@ class BatchCodec:
             raise RejectedMessage(
                 "decode", "unknown_schema", f"fingerprint {record[2:HEADER_SIZE].hex()}"
             )
-        key_id, _ = _read_key_id(record, HEADER_SIZE)
+        key_id, pos = _read_key_id(record, HEADER_SIZE)
         if key_id not in self.keyring:
             raise RejectedMessage("verify", "unknown_key", f"key id {key_id!r} not in keyring")
         if not self.keyring.verify(key_id, record[:-SIGNATURE_SIZE], record[-SIGNATURE_SIZE:]):
             raise RejectedMessage("verify", "bad_signature", f"HMAC mismatch for key {key_id!r}")
-        return writer, key_id
+        return writer, key_id, pos
 
-    def decode(self, record: bytes) -> list[Sample]:
-        """Verify, then decode ``record`` into its samples.
+    def _check_payload(self, record: bytes, pos: int) -> None:
+        """Hook: limits on the raw payload bytes at ``pos``, before decoding (raises RejectedMessage)."""
+
+    def decode_record(self, record: bytes) -> dict[str, Any]:
+        """Verify, check limits, then decode ``record`` into its body (a dict with the payload field).
 
         Raises:
-            RejectedMessage: as :meth:`verify`, or stage ``decode`` reason
-                ``undecodable`` when the body does not match its writer schema.
+            RejectedMessage: as :meth:`verify`, a limit of :meth:`_check_payload`,
+                or stage ``decode`` reason ``undecodable`` when the body does not
+                match its writer schema.
         """
-        writer, _ = self.verify(record)
+        writer, _, pos = self.verify(record)
+        self._check_payload(record, pos)
         try:
-            if writer is self._batch:
-                batch = self._fast_reader(record[HEADER_SIZE:])
-            else:  # an older writer schema: fastavro resolves it to the current one
-                body = io.BytesIO(record)
-                body.seek(HEADER_SIZE)
-                batch = fastavro.schemaless_reader(body, writer.parsed, self._batch.parsed)
+            if writer is self._schema:
+                return self._fast_reader(record[HEADER_SIZE:])
+            # an older writer schema: fastavro resolves it to the current one
+            body = io.BytesIO(record)
+            body.seek(HEADER_SIZE)
+            return fastavro.schemaless_reader(body, writer.parsed, self._schema.parsed)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a reject
             raise RejectedMessage("decode", "undecodable", f"{type(exc).__name__}: {exc}") from exc
-        return batch["samples"]
+
+
+class BatchCodec(SignedCodec):
+    """:class:`SignedCodec` of :data:`BATCH_SCHEMA`: the signed sample batches of the samples topic.
+
+    Args:
+        keyring: signing keys; the active one signs, any one verifies.
+        store: schemas; defaults to the project's ``schemas/``.
+        limits: input limits; the sample count of a record is checked on the raw
+            Avro array block count, before decoding.
+    """
+
+    def __init__(self, keyring: Keyring, store: SchemaStore | None = None,
+                 limits: RecordLimits | None = None) -> None:
+        super().__init__(keyring, BATCH_SCHEMA, "samples", store, limits)
+
+    def encode(self, samples: Sequence[Sample], key_id: str | None = None) -> bytes:  # type: ignore[override]
+        """Encode ``samples`` (dicts of the ``streams.Sample`` shape, usually of one resource)
+        as one signed record; see :meth:`SignedCodec.encode`."""
+        return super().encode(samples, key_id)
+
+    def _check_payload(self, record: bytes, pos: int) -> None:
+        # The samples array's first block count, read without decoding anything (fastavro
+        # writes one block; a writer with more blocks is caught after decoding, in decode()).
+        count, _ = _read_long(record, pos, "samples block count")
+        if abs(count) > self.limits.samples:
+            raise RejectedMessage("decode", "too_many_samples",
+                                  f"record declares {abs(count)} samples; the limit is {self.limits.samples}")
+
+    def decode(self, record: bytes) -> list[Sample]:
+        """Verify, check limits, then decode ``record`` into its samples.
+
+        Raises:
+            RejectedMessage: as :meth:`SignedCodec.decode_record`; ``too_many_samples``.
+        """
+        samples = self.decode_record(record)["samples"]
+        if len(samples) > self.limits.samples:
+            raise RejectedMessage("decode", "too_many_samples",
+                                  f"record holds {len(samples)} samples; the limit is {self.limits.samples}")
+        return samples
 
 
 def metadata_to_strings(metadata: Mapping[str, Any]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
@@ -27,6 +27,9 @@ from pydantic_settings import (
 )
 
 from streams.signing import Keyring, SigningError
+
+if TYPE_CHECKING:
+    from streams.codec import RecordLimits
 
 CONFIG_ENV = "STREAMS_CONFIG"
 """Environment variable naming the YAML config file."""
@@ -49,6 +52,10 @@ class KafkaSettings(_Section):
     alarms_topic: str = Field("alarms", description="Topic of AlarmEvent records (schemas/alarm.avsc), key = alarm_id.")
     alarms_dlq_topic: str = Field(
         "alarms.dlq", description="Notifier dead-letter topic: alarm records whose action kept failing.")
+    dlq_max_bytes: int = Field(
+        1_000_000, ge=100_000, description="Largest record the dead-letter topics take (the brokers' and topics' "
+        "message.max.bytes); a larger bad record is dead-lettered with its first 64 KiB and header "
+        "streams.dlq.truncated (the whole record stays in its source topic, at the offset named).")
     partitions: int = Field(4, gt=0, description="Partitions of topics created by `streams topics create`.")
     replication_factor: int = Field(1, gt=0, description="Replication factor of created topics.")
     session_timeout_ms: int = Field(
@@ -152,6 +159,9 @@ class SigningSettings(_Section):
 
     keys: dict[str, SecretStr] = Field(default_factory=dict, description="key id -> secret")
     active: str | None = Field(None, description="Key id used to sign; defaults to the only key.")
+    alarm_active: str | None = Field(
+        None, description="Key id processors sign alarm records with (default: active). Give subscribers of the "
+        "alarms topic this key alone: it verifies alarms and cannot sign samples.")
 
     def keyring(self) -> Keyring:
         """Build the keyring.
@@ -165,6 +175,20 @@ class SigningSettings(_Section):
             return Keyring(keys, active)
         except SigningError as exc:
             raise ConfigError(f"signing: {exc} (set signing.keys in the config file or STREAMS_SIGNING__KEYS)") from exc
+
+    def alarm_keyring(self) -> Keyring:
+        """The keyring whose active key signs alarm records (``alarm_active``, default ``active``).
+
+        Raises:
+            ConfigError: as :meth:`keyring`, or ``alarm_active`` is not a key id.
+        """
+        ring = self.keyring()
+        if not self.alarm_active:
+            return ring
+        try:
+            return Keyring(ring.keys, self.alarm_active)
+        except SigningError as exc:
+            raise ConfigError(f"signing.alarm_active: {exc}") from exc
 
 
 class PollerSettings(_Section):
@@ -201,12 +225,41 @@ class ProcessorSettings(_Section):
     max_future_skew: float = Field(
         3600.0, ge=0, description="Samples stamped further than this (s) in the future are rejected."
     )
+    max_sample_age: float | None = Field(
+        None, ge=0,
+        description="Samples older than this (s) are dead-lettered with reason too_old; None = the storage "
+                    "retention (clickhouse.retention_days; 0 there = no limit), so nothing is accepted only "
+                    "to vanish by TTL.")
+    max_record_bytes: int = Field(
+        1 << 20, gt=0, description="Largest record value accepted (bytes), checked before the HMAC and the decode; "
+        "decoding costs up to ~18x a record's size in memory.")
+    max_samples_per_record: int = Field(
+        1000, gt=0, description="Most samples in one record (read off the raw Avro block count).")
+    max_metadata_entries: int = Field(256, gt=0, description="Most resource_metadata entries in one sample.")
+    max_string_chars: int = Field(
+        64 << 10, gt=0, description="Longest string field of a sample (characters), metadata included.")
+    batch_max_bytes: int = Field(
+        16 << 20, gt=0, description="A batch is flushed once its records' values reach this many bytes "
+        "(as well as at batch_size records or batch_timeout seconds): bounds a worker's memory per batch.")
+    state_ttl: float | None = Field(
+        None, gt=0,
+        description="Per-resource state idle for longer than this (s) is evicted, with a changelog tombstone; "
+                    "None = max(3600, 2 x the pipeline's longest aggregator retention_time). Resources that "
+                    "hold alarm windows are kept until the evaluator releases them.")
     gc_threshold: int = Field(
         50_000, ge=0,
         description="Allocations between young-generation garbage collections (Python's default is 700); "
                     "0 keeps Python's defaults. Batches hold many short-lived dicts, freed by reference "
                     "counting; frequent cyclic collections cost a fifth of the processor's time.",
     )
+
+
+    def limits(self) -> RecordLimits:
+        """The input limits as a :class:`~streams.codec.RecordLimits`."""
+        from streams.codec import RecordLimits
+
+        return RecordLimits(self.max_record_bytes, self.max_samples_per_record, self.max_metadata_entries,
+                            self.max_string_chars)
 
 
 class CoordinationSettings(_Section):
@@ -248,8 +301,37 @@ class NotifierSettings(_Section):
     backoff_max: float = Field(10.0, ge=0, description="Longest retry delay (s).")
     verify_tls: bool = Field(True, description="Verify webhook TLS certificates (per URL: ?streams-ssl-verify=0).")
     ca_file: str | None = Field(None, description="CA bundle for webhook TLS; None = system CAs.")
-    batch_size: int = Field(100, gt=0, description="Alarm records handled concurrently per batch.")
+    batch_size: int = Field(100, gt=0, description="Alarm records read from Kafka per fetch.")
     metrics_port: int = Field(9466, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off.")
+    delivery_timeout: float = Field(
+        30.0, gt=0, description="Seconds one action may take in all, retries and backoff included; then it is "
+        "dead-lettered (reason delivery_timeout).")
+    max_in_flight: int = Field(
+        1000, gt=0, description="Alarm records being delivered at once; reading pauses above it. Deliveries "
+        "of different alarms run concurrently; one alarm's records are delivered in order.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Webhook hosts allowed: names, '*.example.com' wildcards or networks "
+        "(10.0.0.0/8); empty = any host not in denied_networks.")
+    denied_networks: list[str] = Field(
+        default_factory=lambda: ["169.254.0.0/16", "fd00:ec2::254/128"],
+        description="Addresses webhooks may never reach, even through a host name: by default link-local "
+        "(cloud metadata 169.254.169.254) and AWS's IPv6 metadata address.")
+    accept_unsigned: bool = Field(
+        False, description="Also accept unsigned alarm records (from processors older than signed alarm records).")
+
+    @field_validator("allowed_hosts", "denied_networks")
+    @classmethod
+    def _hosts(cls, v: list[str], info) -> list[str]:
+        import ipaddress
+
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                what = "network" if info.field_name == "denied_networks" else "host name or network"
+                if what == "network" or not entry or "/" in entry or " " in entry:
+                    raise ValueError(f"{entry!r} is not a {what}") from None
+        return v
 
 
 class Settings(BaseSettings):
@@ -271,6 +353,13 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1", description="Listen address of every service's /metrics, /healthz and /readyz server; "
         "0.0.0.0 in a pod, so that probes and Prometheus reach it.")
+
+    @property
+    def max_sample_age(self) -> float:
+        """``processor.max_sample_age`` in seconds, defaulting to the storage retention; 0 = no limit."""
+        if self.processor.max_sample_age is not None:
+            return self.processor.max_sample_age
+        return self.clickhouse.retention_days * 86400.0
 
     @classmethod
     def settings_customise_sources(

@@ -82,10 +82,51 @@ def test_truncated_key_id_is_rejected(codec):
 
 def test_well_signed_garbage_body_is_undecodable(keyring, codec):
     fp = codec.store["streams.SampleBatch"].fingerprint
-    unsigned = MAGIC + fp + b"\x0ak-new" + b"\xff\xff\xff\xff\xff\xff\xff\xff\x01"
+    unsigned = MAGIC + fp + b"\x0ak-new" + b"\x02" + b"\xff\xff\xff\xff\xff\xff\xff\xff\x01"  # 1 sample, garbage
     with pytest.raises(RejectedMessage) as err:
         codec.decode(unsigned + keyring.sign(unsigned))
     assert (err.value.stage, err.value.reason) == ("decode", "undecodable")
+
+
+def test_limits_are_checked_on_the_raw_bytes_before_decoding(keyring, sample_factory):
+    from streams.codec import RecordLimits
+
+    codec = BatchCodec(keyring, limits=RecordLimits(record_bytes=4096, samples=3))
+    with pytest.raises(RejectedMessage, match="too_large"):
+        codec.decode(b"\xc3\x01" + bytes(5000))  # refused before the HMAC or any parsing
+    with pytest.raises(RejectedMessage, match="too_many_samples") as err:
+        codec.decode(codec.encode([sample_factory() for _ in range(4)]))
+    assert "declares 4 samples" in err.value.detail  # read off the Avro block count, not decoded
+    assert len(codec.decode(codec.encode([sample_factory() for _ in range(3)]))) == 3
+    # A hostile varint (2**62 samples) is refused the same way, without allocating anything.
+    fp = codec.store["streams.SampleBatch"].fingerprint
+    unsigned = MAGIC + fp + b"\x0ak-new" + b"\xff\xff\xff\xff\xff\xff\xff\xff\x01"
+    with pytest.raises(RejectedMessage, match="too_many_samples"):
+        codec.decode(unsigned + keyring.sign(unsigned))
+
+
+def test_rejection_details_from_input_are_clipped(keyring):
+    from streams.codec import MAX_DETAIL
+
+    huge_key = "k" * 500_000
+    fp = BatchCodec(keyring).store["streams.SampleBatch"].fingerprint
+    name = huge_key.encode()
+    record = MAGIC + fp + bytes([0x80 | ((len(name) * 2) & 0x7F)]) + _varint_tail(len(name) * 2) + name + bytes(40)
+    with pytest.raises(RejectedMessage) as err:
+        BatchCodec(keyring).decode(record)
+    assert err.value.reason == "unknown_key"
+    assert len(err.value.detail) < MAX_DETAIL + 40 and "chars)" in err.value.detail
+    assert len(str(err.value)) < MAX_DETAIL + 80
+
+
+def _varint_tail(n: int) -> bytes:
+    """The bytes after the first of n's varint (the test writes the first byte itself)."""
+    out = bytearray()
+    n >>= 7
+    while n:
+        out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+        n >>= 7
+    return bytes(out)
 
 
 def test_schema_store_resolves_cross_file_references():
@@ -145,5 +186,5 @@ def test_fast_decoder_matches_fastavro_on_fuzzed_batches(codec):
             "source": text(), "message_signature": maybe(text()),
         } for _ in range(rnd.randint(1, 8))]
         record = codec.encode(samples)
-        reference = fastavro.schemaless_reader(io.BytesIO(record[HEADER_SIZE:]), codec._batch.parsed, None)
+        reference = fastavro.schemaless_reader(io.BytesIO(record[HEADER_SIZE:]), codec._schema.parsed, None)
         assert codec.decode(record) == reference["samples"]
