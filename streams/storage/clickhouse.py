@@ -14,6 +14,19 @@ a sample twice. The ``ReplacingMergeTree`` on the same key is the backstop
 for raw rows (e.g. two zombie workers racing); views cannot be backstopped,
 which is why the check happens before the insert.
 
+Errors (one policy, :func:`classify`): an error about reaching the server
+(connection, timeout, overload: :data:`TRANSIENT_CODES`) is retried for
+``retry_for`` seconds, then raised; an error about the store itself (unknown
+table or database, authentication, read-only: :data:`STORE_CODES`) is
+raised at once. Either way nothing is acknowledged. Any other error is about
+the data: ``flush`` bisects the batch by record (the ``origins`` given to
+:meth:`ClickHouseSink.add`) until it has stored every record the server
+accepts, then raises :class:`RecordsRejected` naming the records it refused
+with ClickHouse's code and message, for the processor to dead-letter. A
+record is stored whole or not at all. If every record of a batch of several
+is refused, the error is not about any one record, and it is raised as a
+store error instead.
+
 Works on both backends of :mod:`streams.storage.backend` (``clickhouse://``
 and ``chdb://``).
 """
@@ -21,12 +34,13 @@ and ``chdb://``).
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from clickhouse_driver import Client
-from clickhouse_driver.errors import NetworkError, SocketTimeoutError
+from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -35,16 +49,89 @@ from tenacity import (
     wait_exponential,
 )
 
-from streams.codec import Sample
+from streams.codec import Sample, clip
 from streams.config import ClickHouseSettings
 from streams.observability import SINK_BATCH_ROWS, SINK_FLUSH_SECONDS, SINK_RETRIES
-from streams.storage.backend import Connection, open_connection
+from streams.storage.backend import Connection, StorageError, open_connection
 from streams.storage.schema import SAMPLE_COLUMNS, quote_ident
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (NetworkError, SocketTimeoutError, EOFError, ConnectionError, OSError)
-"""Errors worth retrying: the server is unreachable, not the data wrong."""
+"""Client-side errors worth retrying: the server is unreachable, not the data wrong."""
+
+TRANSIENT_CODES = frozenset({
+    3, 32,  # UNEXPECTED_END_OF_FILE, ATTEMPT_TO_READ_AFTER_EOF
+    159, 202, 203, 209, 210,  # TIMEOUT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES, NO_FREE_CONNECTION, SOCKET_TIMEOUT,
+    # NETWORK_ERROR
+    225, 236, 241, 242, 243,  # NO_ZOOKEEPER, ABORTED, MEMORY_LIMIT_EXCEEDED, TABLE_IS_READ_ONLY, NOT_ENOUGH_SPACE
+    252,  # TOO_MANY_PARTS (merges behind inserts); "Too many partitions for single INSERT block" is data
+    285, 286, 289, 319,  # TOO_FEW_LIVE_REPLICAS, UNSATISFIED_QUORUM..., REPLICA_IS_NOT_IN_QUORUM,
+    # UNKNOWN_STATUS_OF_INSERT
+    394, 425, 999, 1000,  # QUERY_WAS_CANCELLED, SYSTEM_ERROR, KEEPER_EXCEPTION, POCO_EXCEPTION
+})
+"""ClickHouse error codes (``src/Common/ErrorCodes.cpp``) meaning "not now": retried, never dead-lettered."""
+
+STORE_CODES = frozenset({
+    16, 47, 60, 81,  # NO_SUCH_COLUMN_IN_TABLE, UNKNOWN_IDENTIFIER, UNKNOWN_TABLE, UNKNOWN_DATABASE
+    164, 192, 193, 194, 195, 497, 516,  # READONLY, UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD,
+    # IP_ADDRESS_NOT_ALLOWED, ACCESS_DENIED, AUTHENTICATION_FAILED
+})
+"""ClickHouse error codes about the store, not the data: raised at once, never dead-lettered."""
+
+_CODE = re.compile(r"Code:\s*(\d+)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    """ClickHouse's error code of ``exc`` (clickhouse-driver's ``.code``, or ``Code: N`` in chdb's text)."""
+    code = getattr(exc, "code", None)
+    if isinstance(exc, ServerException) and isinstance(code, int):
+        return code
+    m = _CODE.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
+def classify(exc: BaseException) -> str:
+    """``"transient"``, ``"store"`` or ``"data"``: the sink's error policy for ``exc`` (module docstring)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return "transient"
+    if not isinstance(exc, ServerException | StorageError):
+        return "store"  # a bug or an unknown client error: never blame the data for it
+    code = error_code(exc)
+    if code == 252 and "partitions for single insert block" in str(exc).lower():
+        return "data"
+    if code in TRANSIENT_CODES:
+        return "transient"
+    if code in STORE_CODES:
+        return "store"
+    return "data"
+
+
+class _Transient(Exception):
+    """Internal: a transient server error, for tenacity to retry (wraps the original)."""
+
+
+class RecordsRejected(Exception):
+    """The server refused some records' rows for their data; every other row is stored.
+
+    Raised by :meth:`ClickHouseSink.flush` after the rest of the batch is durable.
+
+    Attributes:
+        rejected: origin (as given to :meth:`ClickHouseSink.add`) -> ClickHouse's
+            ``Code: N. message`` (clipped), for the dead-letter topic.
+        inserted: rows stored by this flush.
+        skipped: rows skipped as already stored.
+    """
+
+    def __init__(self, rejected: dict[int, str], inserted: int, skipped: int) -> None:
+        super().__init__(f"{len(rejected)} records rejected by the store; {inserted} rows stored")
+        self.rejected = rejected
+        self.inserted = inserted
+        self.skipped = skipped
+
+
+class StoreRejectedEverything(RuntimeError):
+    """Every record of a multi-record batch was refused: the error is the store's, not any record's."""
 
 _KEY = (SAMPLE_COLUMNS.index("name"), SAMPLE_COLUMNS.index("resource_id"),
         SAMPLE_COLUMNS.index("timestamp_us"), SAMPLE_COLUMNS.index("message_id"))
@@ -95,6 +182,8 @@ class ClickHouseSink:
         self._host = socket.gethostname()
         self._columns: list[list] = [[] for _ in SAMPLE_COLUMNS]
         self._check: list[bool] = []  # per buffered row: may it be stored already?
+        self._origins: list[int] = []  # per buffered row: the record it came from
+        self._next_origin = 0
         self.last_duplicates = 0
         """Samples the last flush skipped (stored already, or repeated in its batch)."""
         self.duplicates = 0
@@ -108,18 +197,28 @@ class ClickHouseSink:
         """Rows waiting for :meth:`flush`."""
         return len(self._columns[0])
 
-    def add(self, samples: Iterable[Sample], maybe_stored: bool = True) -> None:
+    def add(self, samples: Iterable[Sample], maybe_stored: bool = True,
+            origins: Sequence[int] | None = None) -> None:
         """Buffer ``samples`` (dicts of the ``streams.Sample`` shape) as columns.
 
         Args:
             maybe_stored: whether these samples may already be in the table
                 (a replay after a crash or rebalance); only such samples are
                 looked up by :meth:`flush`. The processor passes False for
-                records it knows are new (see streams.processor.app).
+                records it knows are new (see streams.processor.batch).
+            origins: per sample, the id of the record it came from (the unit
+                :meth:`flush` stores or rejects whole); default: this call's
+                samples are one record.
         """
         batch = samples if isinstance(samples, list) else list(samples)
         if not batch:
             return
+        if origins is None:
+            self._next_origin -= 1  # negative: never collides with a caller's record ids
+            origins = [self._next_origin] * len(batch)
+        elif len(origins) != len(batch):
+            raise ValueError(f"{len(origins)} origins for {len(batch)} samples")
+        self._origins.extend(origins)
         self._check.extend([maybe_stored] * len(batch))
         (mid, name, typ, unit, vol, uid, uname, pid, pname, rid, ts, mono, mkeys, mvals, src) = self._columns
         # One comprehension per column: about twice as fast as one loop appending to 15 lists.
@@ -134,8 +233,9 @@ class ClickHouseSink:
         mvals.extend([list(md.values()) for md in mds])
         src.extend([s.get("source") or "" for s in batch])
 
-    def _new_rows(self) -> list[list]:
-        """The buffered columns without samples already stored or repeated in the batch."""
+    def _new_rows(self) -> tuple[list[list], list[int] | None]:
+        """The buffered columns without samples already stored or repeated in the batch, and
+        the buffer indices they are (None: all of them, in order)."""
         cols = self._columns
         mids = cols[_KEY[3]]
         keep = None
@@ -150,8 +250,8 @@ class ClickHouseSink:
                 idx = keep if keep is not None else range(len(mids))
                 keep = [i for i in idx if not (self._check[i] and mids[i] in stored)]
         if keep is None:
-            return cols
-        return [[c[i] for i in keep] for c in cols]
+            return cols, None
+        return [[c[i] for i in keep] for c in cols], keep
 
     def flush(self) -> int:
         """Insert the buffered samples not stored yet, retrying transient errors; then clear the buffer.
@@ -160,46 +260,124 @@ class ClickHouseSink:
             rows inserted (0 if the buffer was empty or everything was stored already).
 
         Raises:
-            clickhouse_driver.errors.Error / StorageError: a non-transient error,
-                or transient errors for longer than ``retry_for`` seconds. The
-                buffer is kept, so a caller may call ``flush`` again.
+            RecordsRejected: the server refused some records for their data;
+                everything else is stored and the buffer is cleared.
+            clickhouse_driver.errors.Error / StorageError / StoreRejectedEverything:
+                a store error, or transient errors for longer than ``retry_for``
+                seconds. The buffer is kept, so a caller may call ``flush`` again.
         """
         rows = len(self)
         if not rows:
             return 0
         start = time.perf_counter()
         inserted = 0
-        for attempt in Retrying(
-            retry=retry_if_exception_type(TRANSIENT_ERRORS),
-            wait=wait_exponential(multiplier=0.2, max=10),
-            stop=stop_after_delay(self._retry_for),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        ):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    SINK_RETRIES.inc()
-                    self.conn.close()
-                # Checked again on every attempt: an insert whose reply was lost may have landed.
-                t0 = time.perf_counter()
-                new = self._new_rows()
-                t1 = time.perf_counter()
-                inserted = len(new[0])
-                if inserted:
-                    self.conn.insert_columns(self.table, SAMPLE_COLUMNS, new)
-                self.lookup_seconds += t1 - t0
-                self.insert_seconds += time.perf_counter() - t1
+        rejected: dict[int, str] = {}
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(_Transient),
+                wait=wait_exponential(multiplier=0.2, max=10),
+                stop=stop_after_delay(self._retry_for),
+                before_sleep=before_sleep_log(log, logging.WARNING),
+                reraise=True,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        SINK_RETRIES.inc()
+                        self.conn.close()
+                    # Checked again on every attempt: an insert whose reply was lost may have landed.
+                    t0 = time.perf_counter()
+                    new, kept = self._new_rows()
+                    t1 = time.perf_counter()
+                    try:
+                        inserted, rejected = self._insert(new, kept)
+                    except _Transient:
+                        self._check = [True] * rows  # part of the batch may be stored by now
+                        raise
+                    self.lookup_seconds += t1 - t0
+                    self.insert_seconds += time.perf_counter() - t1
+        except _Transient as exc:
+            raise exc.__cause__ from None  # the server's own error, after retry_for seconds of it
         seconds = time.perf_counter() - start
         SINK_FLUSH_SECONDS.observe(seconds)
         SINK_BATCH_ROWS.observe(inserted)
-        self.duplicates += rows - inserted
-        if rows != inserted:
-            log.info("flush: %d of %d samples were stored already; skipped", rows - inserted, rows)
-        self._record_flush(inserted, rows - inserted, seconds, max(self._columns[_KEY[2]]))
+        dropped = sum(1 for o in self._origins if o in rejected) if rejected else 0
+        skipped = rows - inserted - dropped
+        self.duplicates += skipped
+        if skipped:
+            log.info("flush: %d of %d samples were stored already; skipped", skipped, rows)
+        self._record_flush(inserted, skipped, seconds, max(self._columns[_KEY[2]]))
+        self._clear()
+        self.last_duplicates = skipped
+        if rejected:
+            raise RecordsRejected(rejected, inserted, skipped)
+        return inserted
+
+    def _clear(self) -> None:
         self._columns = [[] for _ in SAMPLE_COLUMNS]
         self._check = []
-        self.last_duplicates = rows - inserted
-        return inserted
+        self._origins = []
+
+    def _insert(self, new: list[list], kept: list[int] | None) -> tuple[int, dict[int, str]]:
+        """Insert ``new`` (columns; buffer indices ``kept``); on a data error bisect by record.
+
+        Returns:
+            (rows inserted, origin -> error text of the records refused).
+
+        Raises:
+            _Transient: a transient error (possibly after part of the rows was stored).
+            StoreRejectedEverything / the store error: see :meth:`flush`.
+        """
+        if not new[0]:
+            return 0, {}
+        try:
+            self.conn.insert_columns(self.table, SAMPLE_COLUMNS, new)
+            return len(new[0]), {}
+        except Exception as exc:  # noqa: BLE001 - classified below
+            kind = classify(exc)
+            if kind == "transient":
+                raise _Transient(str(exc)) from exc
+            if kind == "store":
+                raise
+            first = exc
+        # A data error: isolate the records the server refuses, by bisection over whole records.
+        idx = kept if kept is not None else list(range(len(new[0])))
+        groups: dict[int, list[int]] = {}
+        for pos, i in enumerate(idx):
+            groups.setdefault(self._origins[i], []).append(pos)
+        log.warning("the store refused a batch of %d records (%s); isolating the records it refuses",
+                    len(groups), clip(str(first), 300))
+        rejected: dict[int, str] = {}
+        inserted = self._bisect(new, list(groups.items()), rejected, first)
+        if len(groups) > 1 and len(rejected) == len(groups):
+            raise StoreRejectedEverything(
+                f"the store refused every one of {len(groups)} records: {clip(str(first), 300)}") from first
+        return inserted, rejected
+
+    def _bisect(self, cols: list[list], groups: list[tuple[int, list[int]]], rejected: dict[int, str],
+                error: Exception | None) -> int:
+        """Store ``groups`` (origin, row positions in ``cols``), splitting those that fail; return rows stored.
+
+        ``error`` is the failure of this very set (known already), or None to try it first.
+        """
+        if error is None:
+            positions = [pos for _, ps in groups for pos in ps]
+            try:
+                self.conn.insert_columns(self.table, SAMPLE_COLUMNS, [[c[p] for p in positions] for c in cols])
+                return len(positions)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                kind = classify(exc)
+                if kind == "transient":
+                    raise _Transient(str(exc)) from exc
+                if kind == "store":
+                    raise
+                error = exc
+        if len(groups) == 1:
+            code = error_code(error)
+            rejected[groups[0][0]] = clip(f"Code: {code}. {error}" if code is not None and "Code:" not in str(error)
+                                          else str(error), 1000)
+            return 0
+        mid = len(groups) // 2
+        return self._bisect(cols, groups[:mid], rejected, None) + self._bisect(cols, groups[mid:], rejected, None)
 
     def _record_flush(self, rows: int, duplicates: int, seconds: float, newest_us: int) -> None:
         """One ``sink_flushes`` row (pipeline health); failures are logged, never raised."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from streams.codec import clip
 from streams.storage.backend import Connection
 from streams.storage.schema import quote_ident
 
@@ -39,8 +40,8 @@ def record_dead_letters(conn: Connection, letters: Iterable[DeadLetter]) -> int:
         clickhouse_driver.errors.Error, StorageError: the insert failed.
     """
     now = time.time_ns() // 1000
-    rows = [(d.timestamp_us or now, d.stage, d.reason, d.detail, d.topic, d.partition, d.offset,
-             (d.key or b"").decode("utf-8", "replace")) for d in letters]
+    rows = [(d.timestamp_us or now, d.stage, d.reason, clip(d.detail), d.topic, d.partition, d.offset,
+             clip((d.key or b"")[:4096].decode("utf-8", "replace"), 256)) for d in letters]
     if rows:
         conn.insert_columns(f"{quote_ident(conn.database)}.dead_letters", COLUMNS,
                             [list(c) for c in zip(*rows, strict=True)])

@@ -68,3 +68,57 @@ def test_resources_keep_latest_metadata(chdb_conn):
     sink.add([make_test_sample(resource_id="vm1", timestamp=BASE_US - 10, resource_metadata={"flavor": "old"})])
     sink.flush()
     assert chdb_conn.execute("SELECT metadata_values FROM t.resources FINAL WHERE resource_id = 'vm1'") == [(["big"],)]
+
+
+def _spread_over_months(n: int, resource_id: str = "poison") -> list[dict]:
+    """``n`` samples of one resource, each in a different month (a different partition)."""
+    now = recent_hour_us()
+    return [make_test_sample(resource_id=resource_id, timestamp=now - k * 32 * 86_400_000_000) for k in range(n)]
+
+
+def test_a_record_the_store_refuses_is_isolated_and_the_rest_stored(chdb_conn):
+    from streams.storage.clickhouse import RecordsRejected
+
+    conn = chdb_conn
+    conn.execute("ALTER TABLE t.samples MODIFY TTL toDateTime(timestamp) + INTERVAL 20 YEAR")  # keep old months
+    sink = ClickHouseSink(conn.settings, connection=conn)
+    good = [_samples(5) for _ in range(7)]
+    for i, rec in enumerate(good[:4]):
+        sink.add(rec, maybe_stored=False, origins=[i] * len(rec))
+    poison = _spread_over_months(101)  # ClickHouse: "Too many partitions for single INSERT block (more than 100)"
+    sink.add(poison, maybe_stored=False, origins=[4] * len(poison))
+    for i, rec in enumerate(good[4:], start=5):
+        sink.add(rec, maybe_stored=False, origins=[i] * len(rec))
+    with pytest.raises(RecordsRejected) as err:
+        sink.flush()
+    assert list(err.value.rejected) == [4]
+    assert "252" in err.value.rejected[4] and "partitions" in err.value.rejected[4].lower()
+    assert err.value.inserted == 35 and len(sink) == 0
+    stored = {r[0] for r in conn.execute("SELECT message_id FROM t.samples")}
+    assert stored == {s["message_id"] for rec in good for s in rec}
+    for table in ("rollups_1m", "rollups_1h"):
+        rollups_agree(conn, table)
+
+
+def test_store_errors_are_raised_not_blamed_on_records(chdb_conn):
+    from streams.storage.clickhouse import StoreRejectedEverything, classify
+
+    sink = ClickHouseSink(chdb_conn.settings, connection=chdb_conn)
+    for i in range(3):
+        sink.add(_samples(2), maybe_stored=False, origins=[i, i])
+    chdb_conn.execute("ALTER TABLE t.samples ADD CONSTRAINT nothing_passes CHECK volume < -1e300")
+    # A constraint every row breaks: the error looks like data, but no record is to blame.
+    with pytest.raises(StoreRejectedEverything):
+        sink.flush()
+    assert len(sink) == 6  # kept for a retry; nothing was dead-lettered
+
+    class Code(Exception):
+        pass
+    from streams.storage.backend import StorageError
+    assert classify(StorageError("Code: 60. DB::Exception: Table t.x does not exist")) == "store"
+    assert classify(StorageError("Code: 241. DB::Exception: Memory limit exceeded")) == "transient"
+    assert classify(StorageError("Code: 252. DB::Exception: Too many parts (300). Merges are slower")) == "transient"
+    assert classify(StorageError("Code: 252. DB::Exception: Too many partitions for single INSERT block")) == "data"
+    assert classify(StorageError("Code: 53. DB::Exception: Type mismatch")) == "data"
+    assert classify(ConnectionRefusedError()) == "transient"
+    assert classify(Code("a bug")) == "store"
