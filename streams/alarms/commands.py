@@ -75,6 +75,8 @@ def _patch(doc: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
     for key in ("name", "description", "severity", "repeat_actions", "enabled", "grace"):
         if o.get(key) is not None:
             doc[key] = o[key]
+    if o.get("enabled"):
+        doc.pop("disabled_reason", None)  # re-enabled by hand: the processor's reason no longer holds
     for key, opt in (("alarm_actions", "alarm_action"), ("ok_actions", "ok_action"),
                      ("insufficient_data_actions", "insufficient_data_action")):
         if o.get(opt):
@@ -141,18 +143,23 @@ def alarm_create(alarm_id: str | None, **o: Any) -> None:
 
 @alarm.command("list")
 def alarm_list() -> None:
-    """One line per alarm: id, name, type, enabled, severity, rule."""
+    """One line per alarm: id, name, type, enabled, severity, rule, and why it is disabled
+    (by the processor) or invalid (a document in ZooKeeper that does not validate: never evaluated)."""
     client, store = _store(_ctx_settings())
     try:
-        alarms = store.list()
+        alarms = store.list_all()
     finally:
         _close(client)
-    click.echo("alarm_id\tname\ttype\tenabled\tseverity\trule")
-    for a in alarms:
+    click.echo("alarm_id\tname\ttype\tenabled\tseverity\trule\tdisabled_reason")
+    for alarm_id, a, error in alarms:
+        if a is None:
+            click.echo(f"{alarm_id}\t-\t-\tinvalid\t-\t-\t{error}")
+            continue
         r = a.threshold_rule
         rule = (f"{r.statistic}({r.meter_name}) {r.comparison_operator} {r.threshold:g} "
                 f"x{r.evaluation_periods} per {r.period:g}s" if r else "composite")
-        click.echo(f"{a.alarm_id}\t{a.name}\t{a.type}\t{a.enabled}\t{a.severity}\t{rule}")
+        click.echo(f"{a.alarm_id}\t{a.name}\t{a.type}\t{a.enabled}\t{a.severity}\t{rule}\t"
+                   f"{a.disabled_reason or ''}")
 
 
 @alarm.command("show")

@@ -11,6 +11,7 @@ milliseconds, without a restart. An invalid document is logged and ignored
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from mode import Service
 
 from streams.alarms.evaluator import AlarmSet
 from streams.alarms.model import AlarmDefinition, AlarmDefinitionError, parse_alarm
+from streams.codec import clip
 from streams.coordination.session import ZooKeeperSession
 
 log = logging.getLogger(__name__)
@@ -70,16 +72,29 @@ class AlarmDefinitionStore:
         return parse_alarm(data), stat.version
 
     def list(self) -> list[AlarmDefinition]:
+        """The valid definitions (invalid ones are logged and left out; see :meth:`list_all`)."""
+        out = []
+        for alarm_id, alarm, error in self.list_all():
+            if alarm is not None:
+                out.append(alarm)
+            else:
+                log.warning("skipping alarm %s: %s", alarm_id, error)
+        return out
+
+    def list_all(self) -> list[tuple[str, AlarmDefinition | None, str]]:
+        """Every znode under the alarms folder: (id, definition or None, why it is invalid or '')."""
         try:
             ids = sorted(self.client.get_children(self.path))
         except NoNodeError:
             return []
-        out = []
+        out: list[tuple[str, AlarmDefinition | None, str]] = []
         for i in ids:
             try:
-                out.append(self.get(i)[0])
-            except (AlarmNotFound, AlarmDefinitionError) as exc:
-                log.warning("skipping alarm %s: %s", i, exc)
+                out.append((i, self.get(i)[0], ""))
+            except AlarmNotFound:
+                continue
+            except AlarmDefinitionError as exc:
+                out.append((i, None, clip(str(exc), 300)))
         return out
 
     def update(self, alarm_id: str, change: Callable[[dict], dict]) -> AlarmDefinition:
@@ -98,6 +113,31 @@ class AlarmDefinitionStore:
             except BadVersionError:
                 continue
         raise RuntimeError(f"alarm {alarm_id!r} kept changing; update not applied")
+
+    def disable(self, alarm_id: str, reason: str, expected: str) -> bool:
+        """Disable an alarm whose evaluation raised: ``enabled: false`` and ``disabled_reason``.
+
+        Written only if the stored definition is still ``expected`` (its
+        :meth:`AlarmDefinition.to_json`), so a fix an operator made meanwhile is
+        not overwritten. Returns True if written (or already disabled with a reason).
+        """
+        for _ in range(10):
+            try:
+                current, version = self.get(alarm_id)
+            except (AlarmNotFound, AlarmDefinitionError):
+                return False
+            if current.disabled_reason:
+                return True
+            if current.to_json() != expected:
+                return False
+            doc = json.loads(current.to_json())
+            doc.update(enabled=False, disabled_reason=reason)
+            try:
+                self.client.set(self._node(alarm_id), parse_alarm(doc).to_json().encode(), version=version)
+                return True
+            except BadVersionError:
+                continue
+        return False
 
     def delete(self, alarm_id: str) -> None:
         try:
@@ -160,8 +200,9 @@ class AlarmWatcher(Service):
                     alarm = parse_alarm(data)
                     if alarm.alarm_id != alarm_id:
                         alarm = alarm.model_copy(update={"alarm_id": alarm_id})
-                except AlarmDefinitionError as exc:
-                    log.error("alarm %s/%s is invalid, keeping the previous version: %s", self.path, alarm_id, exc)
+                except Exception as exc:  # noqa: BLE001 - AlarmDefinitionError, or a bug: never kill the watch
+                    log.error("alarm %s/%s is invalid, keeping the previous version: %s", self.path, alarm_id,
+                              clip(str(exc)))
                     return None
                 self._defs[alarm_id] = alarm
                 log.info("alarm %s loaded (%s, enabled=%s)", alarm_id, alarm.name, alarm.enabled)
@@ -179,6 +220,27 @@ class AlarmWatcher(Service):
             log.info("watching alarm definitions under %s", self.path)
         except KazooException as exc:
             log.debug("alarm watch on %s deferred: %r", self.path, exc)
+
+    def disable(self, alarm_id: str, reason: str, expected: str) -> None:
+        """Persist a processor's decision to disable an alarm (:meth:`AlarmDefinitionStore.disable`), in a
+        background thread, retrying while ZooKeeper is away (up to ten minutes); never raises."""
+
+        def run() -> None:
+            store = AlarmDefinitionStore(self.session.client, self.session.root)
+            for attempt in range(120):
+                try:
+                    if store.disable(alarm_id, reason, expected):
+                        log.info("alarm %s disabled in ZooKeeper: %s", alarm_id, reason)
+                    return
+                except KazooException as exc:
+                    if attempt == 0:
+                        log.warning("could not disable alarm %s in ZooKeeper yet (%r); retrying", alarm_id, exc)
+                    threading.Event().wait(5.0)
+                except Exception:  # noqa: BLE001 - a bug here must not kill anything
+                    log.exception("could not disable alarm %s in ZooKeeper", alarm_id)
+                    return
+
+        threading.Thread(target=run, name=f"disable-alarm-{alarm_id}", daemon=True).start()
 
     async def on_started(self) -> None:
         await asyncio.to_thread(self._establish)

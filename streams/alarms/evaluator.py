@@ -51,7 +51,7 @@ import json
 import math
 import operator
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -172,8 +172,14 @@ def _reconcile(alarm: AlarmDefinition, fp: str, astate: dict[str, Any]) -> None:
     astate["until"] -= astate["until"] % tick
 
 
-def observe(alarms: AlarmSet, resource_state: dict[str, Any], samples: Iterable[dict[str, Any]]) -> bool:
+def observe(alarms: AlarmSet, resource_state: dict[str, Any], samples: Iterable[dict[str, Any]],
+            on_error: Callable[[str, Exception], None] | None = None) -> bool:
     """Add ``samples`` (normalized ``streams.Sample`` dicts of one resource) to the matching windows.
+
+    Args:
+        on_error: called with (alarm_id, exception) when handling a sample for
+            one alarm raises; that alarm is skipped and the others go on. None:
+            the exception propagates.
 
     Returns:
         True if any sample matched an alarm (so the caller should :func:`advance`).
@@ -185,25 +191,30 @@ def observe(alarms: AlarmSet, resource_state: dict[str, Any], samples: Iterable[
         if not targets:
             continue
         for alarm, i, rule in targets:
-            if not rule.query.matches(s):
-                continue
-            if states is None:
-                states = resource_state.setdefault(STATE_KEY, {})
-            fp = alarms.fingerprints[alarm.alarm_id]
-            astate = states.get(alarm.alarm_id)
-            if astate is None:
-                astate = states[alarm.alarm_id] = _new_alarm_state(alarm, fp, s["timestamp"])
-            else:
-                _reconcile(alarm, fp, astate)
-            matched = True
-            ts, p = s["timestamp"], rule.period_us
-            start = ts - ts % p
-            if start + p <= astate["until"]:
-                astate["late"] += 1
-                continue
-            _add(astate["rules"][i], start, float(s["volume"]), ts)
-            astate["project_id"] = s.get("project_id")
-            astate["user_id"] = s.get("user_id")
+            try:
+                if not rule.query.matches(s):
+                    continue
+                if states is None:
+                    states = resource_state.setdefault(STATE_KEY, {})
+                fp = alarms.fingerprints[alarm.alarm_id]
+                astate = states.get(alarm.alarm_id)
+                if astate is None:
+                    astate = states[alarm.alarm_id] = _new_alarm_state(alarm, fp, s["timestamp"])
+                else:
+                    _reconcile(alarm, fp, astate)
+                matched = True
+                ts, p = s["timestamp"], rule.period_us
+                start = ts - ts % p
+                if start + p <= astate["until"]:
+                    astate["late"] += 1
+                    continue
+                _add(astate["rules"][i], start, float(s["volume"]), ts)
+                astate["project_id"] = s.get("project_id")
+                astate["user_id"] = s.get("user_id")
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(alarm.alarm_id, exc)
     return matched
 
 
@@ -223,12 +234,18 @@ def due(alarms: AlarmSet, resource_state: dict[str, Any], clock_us: int, default
 
 
 def advance(alarms: AlarmSet, resource_state: dict[str, Any], resource_id: str, clock_us: int,
-            default_grace_us: int) -> list[AlarmEvent]:
+            default_grace_us: int, on_error: Callable[[str, Exception], None] | None = None) -> list[AlarmEvent]:
     """Evaluate every boundary ``T`` with ``T + grace <= clock_us`` not yet evaluated, for each alarm.
 
     Also drops the state of deleted alarms, prunes windows no evaluation can
     see again, and forgets an alarm's state for this resource once it is in
     insufficient data with no window left (it would restart identically).
+
+    Args:
+        on_error: called with (alarm_id, exception) when evaluating one alarm
+            raises (e.g. a time constraint whose cron cannot be computed); that
+            alarm's events of this call are dropped and the others go on. None:
+            the exception propagates.
 
     Returns:
         the events, in boundary order per alarm.
@@ -242,34 +259,47 @@ def advance(alarms: AlarmSet, resource_state: dict[str, Any], resource_id: str, 
         if alarm is None:
             del states[alarm_id]
             continue
-        astate = states[alarm_id]
-        _reconcile(alarm, alarms.fingerprints[alarm_id], astate)
-        tick = alarm.tick_us
-        leaves = alarm.leaves()
-        horizon = max((r.evaluation_periods + 1) * r.period_us for r in leaves)
-        target = clock_us - _grace_us(alarm, default_grace_us)
-        last = target - target % tick
-        if last <= astate["until"]:
-            continue
-        if (last - astate["until"]) // tick > MAX_CATCH_UP:
-            astate["until"] = max(astate["until"], last - (horizon // tick + 2) * tick)
-        t = astate["until"] + tick
-        while t <= last:
-            if alarm.enabled and alarm.within_time_constraints(t):
-                event = evaluate(alarm, astate, resource_id, t)
-                if event is not None:
-                    events.append(event)
-            astate["until"] = t
-            t += tick
-        for i, r in enumerate(leaves):
-            oldest = astate["until"] - astate["until"] % r.period_us - (r.evaluation_periods + 1) * r.period_us
-            windows = astate["rules"][i]
-            for k in [k for k in windows if int(k) < oldest]:
-                del windows[k]
-        if astate["state"] == UNKNOWN and not any(astate["rules"]):
-            del states[alarm_id]
+        try:
+            events.extend(_advance_one(alarms, alarm, states, resource_id, clock_us, default_grace_us))
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(alarm_id, exc)
     if not states:
         resource_state.pop(STATE_KEY, None)
+    return events
+
+
+def _advance_one(alarms: AlarmSet, alarm: AlarmDefinition, states: dict[str, Any], resource_id: str,
+                 clock_us: int, default_grace_us: int) -> list[AlarmEvent]:
+    alarm_id = alarm.alarm_id
+    astate = states[alarm_id]
+    _reconcile(alarm, alarms.fingerprints[alarm_id], astate)
+    tick = alarm.tick_us
+    leaves = alarm.leaves()
+    horizon = max((r.evaluation_periods + 1) * r.period_us for r in leaves)
+    target = clock_us - _grace_us(alarm, default_grace_us)
+    last = target - target % tick
+    if last <= astate["until"]:
+        return []
+    events: list[AlarmEvent] = []
+    if (last - astate["until"]) // tick > MAX_CATCH_UP:
+        astate["until"] = max(astate["until"], last - (horizon // tick + 2) * tick)
+    t = astate["until"] + tick
+    while t <= last:
+        if alarm.enabled and alarm.within_time_constraints(t):
+            event = evaluate(alarm, astate, resource_id, t)
+            if event is not None:
+                events.append(event)
+        astate["until"] = t
+        t += tick
+    for i, r in enumerate(leaves):
+        oldest = astate["until"] - astate["until"] % r.period_us - (r.evaluation_periods + 1) * r.period_us
+        windows = astate["rules"][i]
+        for k in [k for k in windows if int(k) < oldest]:
+            del windows[k]
+    if astate["state"] == UNKNOWN and not any(astate["rules"]):
+        del states[alarm_id]
     return events
 
 

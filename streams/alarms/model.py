@@ -48,7 +48,7 @@ from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -73,6 +73,10 @@ ACTION_SCHEMES = ("http", "https", "log")
 """URL schemes of actions the built-in notifiers handle (see :mod:`streams.notifiers`)."""
 
 ALARM_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+MAX_DOCUMENT_BYTES = 64 << 10
+"""Largest alarm definition accepted (JSON bytes), checked before parsing."""
+MAX_RULE_DEPTH = 16
+"""Deepest nesting of composite and/or rules."""
 
 
 class AlarmDefinitionError(ValueError):
@@ -179,6 +183,13 @@ class TimeConstraint(_Strict):
     def _cron(cls, v: str) -> str:
         if not croniter.is_valid(v):
             raise ValueError(f"{v!r} is not a valid cron expression")
+        # Valid syntax is not enough: '0 0 30 2 *' (February 30th) never fires, and croniter
+        # raises CroniterBadDateError for it at evaluation time. Require a previous and a next date.
+        try:
+            croniter(v, datetime.now(UTC)).get_next(datetime)
+            croniter(v, datetime.now(UTC)).get_prev(datetime)
+        except (CroniterBadDateError, ValueError, OverflowError) as exc:
+            raise ValueError(f"{v!r} never fires ({type(exc).__name__})") from None
         return v
 
     @field_validator("timezone")
@@ -244,6 +255,10 @@ class AlarmDefinition(_Strict):
                                 "it ends; None = the processor's alarms.grace.")
     project_id: str | None = None
     user_id: str | None = None
+    disabled_reason: str | None = Field(
+        None, max_length=2000,
+        description="Why the processor disabled this alarm (its evaluation raised); cleared by an update that "
+        "re-enables it. Shown by `streams alarm show` and `list`.")
 
     @field_validator("alarm_id")
     @classmethod
@@ -274,6 +289,8 @@ class AlarmDefinition(_Strict):
         names = [tc.name for tc in self.time_constraints]
         if len(names) != len(set(names)):
             raise ValueError("time constraint names must be unique for a given alarm")
+        if self.type == "composite" and _depth(self.composite_rule) > MAX_RULE_DEPTH:
+            raise ValueError(f"composite rule nests deeper than {MAX_RULE_DEPTH} levels")
         return self
 
     # -- derived ---------------------------------------------------------------------------------
@@ -305,6 +322,14 @@ class AlarmDefinition(_Strict):
         return json.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
 
 
+def _depth(node: Any) -> int:
+    if isinstance(node, AndRule):
+        return 1 + max(_depth(n) for n in node.and_)
+    if isinstance(node, OrRule):
+        return 1 + max(_depth(n) for n in node.or_)
+    return 1
+
+
 def _walk(node: Any) -> Iterator[ThresholdRule]:
     if isinstance(node, ThresholdRule):
         yield node
@@ -314,6 +339,19 @@ def _walk(node: Any) -> Iterator[ThresholdRule]:
     elif isinstance(node, OrRule):
         for n in node.or_:
             yield from _walk(n)
+
+
+def _nesting(data: Any) -> int:
+    """Deepest nesting of dicts and lists in ``data`` (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > 1000:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
 
 
 def _loc(loc: tuple) -> str:
@@ -341,16 +379,26 @@ def parse_alarm(data: Any) -> AlarmDefinition:
             the message lists ``field.path: problem`` for every error.
     """
     if isinstance(data, bytes | bytearray):
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise AlarmDefinitionError(f"document of {len(data)} bytes; the limit is {MAX_DOCUMENT_BYTES}")
         data = data.decode("utf-8", errors="replace")
     if isinstance(data, str):
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise AlarmDefinitionError(f"document of {len(data)} characters; the limit is {MAX_DOCUMENT_BYTES}")
         try:
             data = json.loads(data)
         except json.JSONDecodeError as exc:
             raise AlarmDefinitionError(f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise AlarmDefinitionError("document nests too deeply") from None
     if not isinstance(data, dict):
         raise AlarmDefinitionError(f"an alarm definition must be an object, got {type(data).__name__}")
+    if _nesting(data) > 4 * MAX_RULE_DEPTH:
+        raise AlarmDefinitionError(f"document nests too deeply (composite rules: at most {MAX_RULE_DEPTH} levels)")
     try:
         return AlarmDefinition.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{_loc(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise AlarmDefinitionError(problems) from None
+    except RecursionError:
+        raise AlarmDefinitionError(f"composite rule nests too deeply (limit {MAX_RULE_DEPTH} levels)") from None

@@ -1,13 +1,14 @@
-"""Avro single-object encoding of plain (unsigned) records, e.g. ``streams.AlarmEvent``.
+"""Records of the ``alarms`` topic: signed ``streams.AlarmRecord`` (one ``streams.AlarmEvent`` each).
 
-Same framing as the sample batches (:mod:`streams.codec`)::
+Same framing and signature as the sample batches (:mod:`streams.codec`)::
 
-    C3 01 | 8-byte CRC-64-AVRO fingerprint (little-endian) | Avro binary body
+    C3 01 | 8-byte CRC-64-AVRO fingerprint (little-endian) | key_id | event | HMAC-SHA256 (32 bytes)
 
-and the same schema lookup (:class:`~streams.codec.SchemaStore`, by full name
-to write and by fingerprint to read), so a reader resolves any version of
-the schema shipped in ``schemas/``. Unlike sample batches these records are
-not signed: the ``alarms`` topic is written by processors only.
+so a subscriber checks that an alarm came from a processor with one key
+(``signing.alarm_active``; see SECURITY.md for verify-only access).
+:class:`RecordCodec` keeps the unsigned single-object encoding of any schema
+(a plain ``streams.AlarmEvent`` was the alarms topic's format before records
+were signed).
 """
 
 from __future__ import annotations
@@ -17,9 +18,49 @@ from typing import Any
 
 import fastavro
 
-from streams.codec import HEADER_SIZE, MAGIC, SchemaStore
+from streams.codec import HEADER_SIZE, MAGIC, RejectedMessage, SchemaStore, SignedCodec
+from streams.signing import Keyring
 
 ALARM_SCHEMA = "streams.AlarmEvent"
+ALARM_RECORD_SCHEMA = "streams.AlarmRecord"
+
+
+class AlarmRecordCodec(SignedCodec):
+    """Signs and verifies the alarms topic's records (``streams.AlarmRecord``).
+
+    Args:
+        keyring: signing keys; its active key signs (``signing.alarm_active``), any verifies.
+        store: schemas (default: the project's ``schemas/``).
+    """
+
+    def __init__(self, keyring: Keyring, store: SchemaStore | None = None) -> None:
+        super().__init__(keyring, ALARM_RECORD_SCHEMA, "event", store)
+        self._unsigned = self.store[ALARM_SCHEMA].fingerprint
+
+    def encode(self, event: dict[str, Any], key_id: str | None = None) -> bytes:  # type: ignore[override]
+        """One signed record of ``event`` (a ``streams.AlarmEvent`` dict, e.g. ``AlarmEvent.to_record()``)."""
+        return super().encode(event, key_id)
+
+    def decode(self, data: bytes, accept_unsigned: bool = False) -> dict[str, Any]:
+        """Verify and decode a record into its ``streams.AlarmEvent`` dict.
+
+        Args:
+            accept_unsigned: also accept a plain (unsigned) ``streams.AlarmEvent``
+                record, as processors before signed alarm records wrote them.
+
+        Raises:
+            RejectedMessage: not single-object encoded, unknown schema, unknown key,
+                bad signature (stage ``verify``), undecodable; ``unsigned`` for a
+                plain AlarmEvent unless ``accept_unsigned``.
+        """
+        if len(data) >= HEADER_SIZE and data[:2] == MAGIC and data[2:HEADER_SIZE] == self._unsigned:
+            if not accept_unsigned:
+                raise RejectedMessage("verify", "unsigned", "an unsigned AlarmEvent record")
+            try:
+                return RecordCodec(ALARM_SCHEMA, self.store).decode(data)
+            except ValueError as exc:
+                raise RejectedMessage("decode", "undecodable", str(exc)) from exc
+        return self.decode_record(data)["event"]
 
 
 class RecordCodec:

@@ -69,3 +69,48 @@ def test_alarm_record_round_trip():
     assert codec.decode(data) == rec
     with pytest.raises(ValueError):
         codec.decode(b"nope")
+
+
+def test_alarm_records_are_signed_like_sample_batches(keyring):
+    from streams.alarms.records import AlarmRecordCodec
+    from streams.codec import RejectedMessage
+    from streams.signing import Keyring
+
+    rec = {"event_id": "e", "alarm_id": "a", "alarm_name": "n", "type": "threshold", "severity": "low",
+           "resource_id": "r", "project_id": None, "user_id": None, "previous": "ok", "current": "alarm",
+           "transition": True, "reason": "why", "reason_data": "{}", "actions": ["log://"], "timestamp": 5}
+    codec = AlarmRecordCodec(keyring)
+    data = codec.encode(rec)
+    assert codec.decode(data) == rec
+    # A subscriber holding only the alarm key verifies it.
+    alarm_only = AlarmRecordCodec(Keyring({"k-new": keyring.keys["k-new"]}, "k-new"))
+    assert alarm_only.decode(data) == rec
+    tampered = bytearray(data)
+    tampered[-40] ^= 1
+    with pytest.raises(RejectedMessage, match="bad_signature"):
+        codec.decode(bytes(tampered))
+    unsigned = RecordCodec().encode(rec)
+    with pytest.raises(RejectedMessage, match="unsigned"):
+        codec.decode(unsigned)
+    assert codec.decode(unsigned, accept_unsigned=True) == rec
+
+
+@pytest.mark.parametrize("cron", ["0 0 30 2 *", "0 0 31 4 *"])
+def test_time_constraints_that_never_fire_are_refused(cron):
+    doc = {**GOOD, "time_constraints": [{"name": "never", "start": cron, "duration": 60}]}
+    with pytest.raises(AlarmDefinitionError, match="never fires"):
+        parse_alarm(doc)
+
+
+def test_deeply_nested_documents_are_refused_cleanly():
+    node = {"meter_name": "cpu", "threshold": 1}
+    for _ in range(100_000):
+        node = {"and": [node]}
+    with pytest.raises(AlarmDefinitionError, match="nests too deeply"):
+        parse_alarm({"name": "deep", "type": "composite", "composite_rule": node})
+    text = '{"name": "deep", "type": "composite", "composite_rule": ' + '{"and": [' * 100_000
+    with pytest.raises(AlarmDefinitionError, match="limit is"):
+        parse_alarm(text)  # over the document size limit: refused before parsing
+    text = "[" * 30_000 + "]" * 30_000  # under the size limit, but deeper than json.loads can recurse
+    with pytest.raises(AlarmDefinitionError, match="too deeply"):
+        parse_alarm(text)
