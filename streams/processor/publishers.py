@@ -5,6 +5,9 @@ buffers samples; :meth:`Publisher.flush` makes them durable and raises if it
 cannot. The processor calls ``flush`` (in a worker thread) for every
 publisher before it acknowledges the Kafka records the samples came from, so
 if ``flush`` fails nothing of the batch is acknowledged and Kafka redelivers it.
+One exception is not a failure of the batch: :class:`RecordsRejected`, raised
+once everything else is durable, names the records the destination refused
+for their data; the processor dead-letters those and acknowledges the batch.
 
 Built-ins, registered as entry points in the ``streams.publishers`` group:
 
@@ -25,6 +28,9 @@ from streams.codec import BatchCodec, Sample
 from streams.config import ConfigError, Settings
 from streams.publisher import KafkaPublisher
 from streams.storage import open_sink
+from streams.storage.clickhouse import RecordsRejected
+
+__all__ = ["Publisher", "RecordsRejected", "open_publisher"]
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +41,15 @@ class Publisher(abc.ABC):
     """Buffers samples and makes them durable on :meth:`flush`."""
 
     @abc.abstractmethod
-    def add(self, samples: Sequence[Sample], maybe_stored: bool = True) -> None:
+    def add(self, samples: Sequence[Sample], maybe_stored: bool = True,
+            origins: Sequence[int] | None = None) -> None:
         """Buffer ``samples`` (the processor's batch for this publisher).
 
         ``maybe_stored`` is False when the processor knows the samples were never
         handed to this publisher before (no replay); publishers that skip
-        duplicates can then save the lookup. Others ignore it.
+        duplicates can then save the lookup. Others ignore it. ``origins``
+        gives, per sample, the id of the record it came from, for
+        :class:`RecordsRejected`; publishers that never reject records ignore it.
         """
 
     @abc.abstractmethod
@@ -50,6 +59,11 @@ class Publisher(abc.ABC):
         Returns:
             samples skipped because they were already stored (0 if the
             publisher does not check).
+
+        Raises:
+            RecordsRejected: everything else is durable; these records (by origin)
+                were refused for their data and go to the dead-letter topic.
+            Exception: anything else fails the batch (nothing is acknowledged).
         """
 
 
@@ -59,8 +73,9 @@ class ClickHousePublisher(Publisher):
     def __init__(self, url: str, settings: Settings, codec: BatchCodec) -> None:
         self.sink = open_sink(settings, retry_for=float("inf"))
 
-    def add(self, samples: Sequence[Sample], maybe_stored: bool = True) -> None:
-        self.sink.add(samples, maybe_stored)
+    def add(self, samples: Sequence[Sample], maybe_stored: bool = True,
+            origins: Sequence[int] | None = None) -> None:
+        self.sink.add(samples, maybe_stored, origins)
 
     def flush(self) -> int:
         self.sink.flush()
@@ -78,7 +93,8 @@ class KafkaRepublisher(Publisher):
         topic = parts.netloc or parts.path.strip("/")
         self.publisher = KafkaPublisher(settings.kafka, codec, topic)
 
-    def add(self, samples: Sequence[Sample], maybe_stored: bool = True) -> None:
+    def add(self, samples: Sequence[Sample], maybe_stored: bool = True,
+            origins: Sequence[int] | None = None) -> None:
         self.publisher.publish(samples)
 
     def flush(self) -> int:
@@ -97,7 +113,8 @@ class LogPublisher(Publisher):
         if not isinstance(self.level, int):
             raise ConfigError(f"publisher {url!r}: unknown log level {level!r}")
 
-    def add(self, samples: Sequence[Sample], maybe_stored: bool = True) -> None:
+    def add(self, samples: Sequence[Sample], maybe_stored: bool = True,
+            origins: Sequence[int] | None = None) -> None:
         for s in samples:
             log.log(self.level, "sample %s %s=%s %s at %d", s["resource_id"], s["name"], s["volume"], s["unit"],
                     s["timestamp"])

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import copy
 import json
+import time
+import zlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
@@ -28,10 +31,14 @@ from streams.config import KafkaSettings
 from streams.publisher import producer_config
 
 STATE_TABLE = "resource-state"
+SEEN_KEY = "_seen"
+"""Key of a state's last change, wall-clock seconds since the epoch (set on commit; drives eviction)."""
+PARTITION_KEY = "_partition"
+"""Key of the samples partition a state belongs to (set on commit; tombstones and the alarm timer use it)."""
 
 
 class StateWriteError(RuntimeError):
-    """The changelog did not acknowledge every state write (the batch must not be acknowledged)."""
+    """The broker did not acknowledge every write of a batch (the batch must not be acknowledged)."""
 
 
 def changelog_topic(app_id: str) -> str:
@@ -50,11 +57,13 @@ class ResourceStateTable(faust.Table):
 
 
 class ChangelogWriter:
-    """Produces state changes to the state table's changelog with librdkafka.
+    """Produces state changes to the state table's changelog with librdkafka; also the
+    processor's other per-batch writes (dead letters, alarm events), so one flush covers all.
 
-    Records are what Faust's table would send: key ``json(resource_id)``,
-    value ``json(state)`` (compact), to an explicit partition. Idempotent,
-    ``acks=all`` (:func:`streams.publisher.producer_config`).
+    Changelog records are what Faust's table would send: key ``json(resource_id)``,
+    value ``json(state)`` (compact), to an explicit partition; a deletion is a
+    tombstone (value None), which compaction removes and Faust's recovery applies
+    as a delete. Idempotent, ``acks=all`` (:func:`streams.publisher.producer_config`).
 
     Args:
         settings: Kafka connection settings.
@@ -64,20 +73,38 @@ class ChangelogWriter:
 
     def __init__(self, settings: KafkaSettings, topic: str, producer: Any = None) -> None:
         self.topic = topic
-        self._producer = producer or Producer(producer_config(settings, **{"linger.ms": 5}))
+        # message.max.bytes above kafka.dlq_max_bytes: a dead letter is sized by that setting, never
+        # refused by the client (fit_dead_letter).
+        self._producer = producer or Producer(producer_config(
+            settings, **{"linger.ms": 5, "message.max.bytes": settings.dlq_max_bytes + (1 << 20)}))
         self._failed: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             self._failed.append(f"{msg.key()!r}: {err}")
 
-    def send(self, partition: int, key: str, value: dict[str, Any]) -> None:
-        """Queue one state write (non-blocking; waits only while librdkafka's queue is full)."""
+    def send(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
+        """Queue one state write, or a tombstone for ``value`` None (non-blocking; waits only
+        while librdkafka's queue is full)."""
         k = json.dumps(key).encode()
-        v = json.dumps(value, separators=(",", ":")).encode()
+        v = None if value is None else json.dumps(value, separators=(",", ":")).encode()
+        self._produce(self.topic, v, k, partition)
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Queue one record to ``topic`` (partitioned by key); acknowledged by the same :meth:`flush`."""
+        self._produce(topic, value, key, None, headers)
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int | None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
         while True:
             try:
-                self._producer.produce(self.topic, v, k, partition, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:
                 self._producer.poll(0.1)
@@ -91,7 +118,8 @@ class ChangelogWriter:
         remaining = self._producer.flush(timeout)
         failed, self._failed = self._failed, []
         if remaining or failed:
-            raise StateWriteError(f"changelog {self.topic}: {remaining} writes unacknowledged after {timeout}s, "
+            raise StateWriteError(f"changelog {self.topic} (and the batch's other writes): {remaining} writes "
+                                  f"unacknowledged after {timeout}s, "
                                   f"{len(failed)} failed (first: {failed[0] if failed else '-'})")
 
 
@@ -127,6 +155,7 @@ class BatchState:
         self._copies: dict[str, dict[str, Any]] = {}
         self._originals: dict[str, Any] = {}
         self._partitions: dict[str, int] = {}
+        self._deleted: set[str] = set()
 
     def get(self, resource_id: str, partition: int) -> dict[str, Any]:
         """The mutable state of ``resource_id`` for this batch (records its partition)."""
@@ -140,8 +169,16 @@ class BatchState:
             self.pending[resource_id] = (state, self)
         return state
 
-    def commit(self, changelog: ChangelogWriter) -> int:
+    def delete(self, resource_id: str, partition: int) -> None:
+        """Drop ``resource_id``'s state at :meth:`commit` (store entry removed, changelog tombstone)."""
+        self.get(resource_id, partition).clear()
+        self._deleted.add(resource_id)
+
+    def commit(self, changelog: ChangelogWriter, now_s: int | None = None) -> int:
         """Write changed states to the table's store and queue them on ``changelog``.
+
+        Changed states are stamped with :data:`SEEN_KEY` (``now_s``, default the
+        wall clock) and :data:`PARTITION_KEY`; deleted ones become tombstones.
 
         Returns:
             how many states changed; if any, the caller must ``changelog.flush()``
@@ -149,11 +186,50 @@ class BatchState:
         """
         written = 0
         store = self.table.data
+        now_s = int(time.time()) if now_s is None else now_s
         for rid, state in self._copies.items():
-            if state != self._originals[rid]:
+            if rid in self._deleted:
+                store.pop(rid, None)
+                changelog.send(self._partitions[rid], rid, None)
+                written += 1
+            elif state != self._originals[rid]:
+                state[SEEN_KEY] = now_s
+                state[PARTITION_KEY] = self._partitions[rid]
                 store[rid] = state
                 changelog.send(self._partitions[rid], rid, state)
                 written += 1
             if self.pending.get(rid, (None, None))[1] is self:
                 del self.pending[rid]
         return written
+
+
+def idle_resources(items: Iterable[tuple[str, Any]], pending: dict, active_partitions: set[int],
+                   idle_before_s: float, unseen_s: float, partitions: int,
+                   keep: Callable[[dict[str, Any]], bool]) -> list[tuple[str, int]]:
+    """Resources whose state may be evicted, as (resource_id, partition).
+
+    Args:
+        items: the table's (resource_id, state) pairs.
+        pending: states held by batches being stored (never evicted: they are newer).
+        active_partitions: samples partitions this worker owns.
+        idle_before_s: evict states last changed before this (wall-clock seconds).
+        unseen_s: when a state without :data:`SEEN_KEY` (written by an earlier
+            version) is taken to have changed, e.g. the worker's start.
+        partitions: partition count, to place a state without :data:`PARTITION_KEY`
+            where librdkafka's default partitioner put its key
+            (``consistent_random``: CRC32 of the key).
+        keep: True for states that must stay (e.g. holding alarm windows, which
+            the evaluator releases itself).
+    """
+    out = []
+    for rid, state in items:
+        if not state or rid in pending:
+            continue
+        if state.get(SEEN_KEY, unseen_s) >= idle_before_s or keep(state):
+            continue
+        partition = state.get(PARTITION_KEY)
+        if partition is None:
+            partition = zlib.crc32(rid.encode()) % partitions
+        if partition in active_partitions:
+            out.append((rid, partition))
+    return out

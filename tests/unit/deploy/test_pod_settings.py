@@ -62,7 +62,8 @@ def test_every_kafka_client_uses_the_security_settings(monkeypatch):
     topics.admin(k)
     monkeypatch.setattr(notifier_service, "Consumer", lambda conf: seen.setdefault("consumer", conf))
     monkeypatch.setattr(notifier_service, "Producer", lambda conf: seen.setdefault("producer", conf))
-    service = notifier_service.NotifierService(Settings(kafka=k, metrics_host="0.0.0.0"))
+    service = notifier_service.NotifierService(Settings(kafka=k, metrics_host="0.0.0.0",
+                                                        signing={"keys": {"k": "secret-secret-secret"}}))
     for client in ("admin", "consumer", "producer"):
         assert expected.items() <= seen[client].items(), client
     assert service.metrics.host == "0.0.0.0"

@@ -1,0 +1,241 @@
+"""BatchProcessor without a broker: one error policy per stage, in-memory doubles for the table,
+the producer and the publishers (the live versions are in tests/integration/test_poison.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from streams.alarms.evaluator import AlarmSet
+from streams.alarms.model import parse_alarm
+from streams.alarms.stage import AlarmStage
+from streams.codec import BatchCodec, RecordLimits
+from streams.config import Settings
+from streams.pipeline import Pipeline, load_pipeline
+from streams.processor.batch import BatchProcessor, StoreUnavailable
+from streams.processor.normalize import Normalizer
+from streams.processor.stages import MAYBE_STORED_HEADER, RecordProcessor
+from streams.processor.state import ChangelogWriter
+from streams.storage.clickhouse import RecordsRejected
+from tests.conftest import TEST_KEYS, make_test_sample
+from tests.unit.processor.test_state import ProducerDouble, TableDouble
+
+
+@dataclass
+class Msg:
+    key: bytes | None
+    value: bytes | None
+    offset: int = 0
+    partition: int = 0
+    topic: str = "samples"
+    headers: list = field(default_factory=list)
+
+
+class PublisherDouble:
+    """Records what it is given; can refuse some records (by origin) or fail outright."""
+
+    def __init__(self, refuse=(), fail=None):
+        self.rows, self.origins, self.checked = [], [], []
+        self.refuse, self.fail = set(refuse), fail
+
+    def add(self, samples, maybe_stored=True, origins=None):
+        self.rows += samples
+        self.origins += list(origins or [])
+        self.checked += [maybe_stored] * len(samples)
+
+    def flush(self):
+        if self.fail:
+            raise self.fail
+        if self.refuse & set(self.origins):
+            refused = {o: "Code: 252. DB::Exception: Too many partitions for single INSERT block"
+                       for o in self.refuse & set(self.origins)}
+            self.rows = [r for r, o in zip(self.rows, self.origins, strict=True) if o not in refused]
+            raise RecordsRejected(refused, len(self.rows), 0)
+        return 0
+
+
+def processor(codec, publisher=None, pipeline: Pipeline | None = None, alarm_stage=None, producer=None,
+              max_age=0.0):
+    stages = RecordProcessor(codec, Normalizer(max_sample_age=max_age, limits=codec.limits))
+    producer = producer or ProducerDouble()
+    writer = ChangelogWriter(None, "app-resource-state-changelog", producer=producer)
+    bp = BatchProcessor(stages, pipeline or Pipeline(), {"clickhouse://": publisher or PublisherDouble()},
+                        TableDouble(), writer, "samples.dlq", alarm_stage=alarm_stage, partitions=4)
+    return bp, producer
+
+
+def record(codec, offset, samples, key=None):
+    return Msg(key if key is not None else samples[0]["resource_id"].encode(), codec.encode(samples), offset)
+
+
+def dlq(producer):
+    return {dict(h)["streams.dlq.offset"].decode(): dict(h)["streams.dlq.reason"].decode()
+            for (topic, _, _, _), h in zip(producer.produced, producer.headers, strict=True) if topic == "samples.dlq"}
+
+
+def test_every_record_is_routed_or_dead_lettered_with_its_reason(codec):
+    pub = PublisherDouble()
+    bp, producer = processor(codec, pub, max_age=86400)
+    now = time.time_ns() // 1000
+    records = [
+        record(codec, 0, [make_test_sample(resource_id="a")]),
+        record(codec, 1, [make_test_sample(resource_id="a"), make_test_sample(resource_id="b")]),  # mixed
+        record(codec, 2, [make_test_sample(resource_id="c")], key=b"d"),  # key is not the resource
+        Msg(None, codec.encode([make_test_sample(resource_id="e")]), 3),  # no key
+        record(codec, 4, [make_test_sample(resource_id="f", unit="TiB", volume=1e300)]),  # inf B after conversion
+        record(codec, 5, [make_test_sample(resource_id="g", timestamp=now - 3 * 86_400_000_000)]),  # older than 1 day
+        Msg(b"h", b"\xc3\x01" + bytes(2 << 20), 6),  # 2 MiB: over the 1 MiB default
+        Msg(b"i", None, 7),
+        record(codec, 8, [make_test_sample(resource_id="j")]),
+    ]
+    batch = bp.prepare(records)
+    asyncio.run(bp.store(batch))
+    assert dlq(producer) == {"1": "mixed_resources", "2": "key_mismatch", "3": "key_mismatch",
+                             "4": "non_finite_volume", "5": "too_old", "6": "too_large", "7": "empty"}
+    assert [r["resource_id"] for r in pub.rows] == ["a", "j"]
+    assert pub.origins == [0, 8]
+    # The dead letters carry the original bytes and key.
+    dead = [(k, v) for (t, _, k, v) in producer.produced if t == "samples.dlq"]
+    assert (b"d", records[2].value) in dead and (None, records[3].value) in dead
+
+
+def test_limits_on_metadata_and_strings(codec):
+    small = BatchCodec(codec.keyring, limits=RecordLimits(metadata_entries=2, string_chars=100))
+    bp, producer = processor(small)
+    records = [
+        record(small, 0, [make_test_sample(resource_metadata={"a": "1", "b": "2", "c": "3"})]),
+        record(small, 1, [make_test_sample(resource_metadata={"a": "x" * 500})]),
+        record(small, 2, [make_test_sample()]),
+    ]
+    asyncio.run(bp.store(bp.prepare(records)))
+    assert dlq(producer) == {"0": "too_many_metadata", "1": "string_too_long"}
+
+
+def test_records_the_store_refuses_are_dead_lettered_and_the_rest_acknowledged(codec):
+    pub = PublisherDouble(refuse={1})
+    bp, producer = processor(codec, pub)
+    records = [record(codec, i, [make_test_sample(resource_id=f"r{i}")]) for i in range(3)]
+    batch = bp.prepare(records)
+    asyncio.run(bp.store(batch))
+    assert dlq(producer) == {"1": "storage_rejected"}
+    [(msg, error)] = batch.rejected
+    assert msg is records[1] and error.stage == "store" and "Code: 252" in error.detail
+    assert [r["resource_id"] for r in pub.rows] == ["r0", "r2"]
+
+
+def test_a_store_failure_acknowledges_nothing(codec):
+    producer = ProducerDouble()
+    bp, _ = processor(codec, PublisherDouble(fail=ConnectionRefusedError("down")), producer=producer)
+    batch = bp.prepare([record(codec, 0, [make_test_sample()]), Msg(b"x", b"junk", 1)])
+    with pytest.raises(StoreUnavailable, match="down"):
+        asyncio.run(bp.store(batch))
+    # The dead letter was queued but never flushed: the caller exits and the batch is re-read.
+    assert producer.callbacks and all(cb is not None for cb, _ in producer.callbacks)
+
+
+def test_a_broker_that_does_not_acknowledge_fails_the_batch(codec):
+    bp, _ = processor(codec, producer=ProducerDouble(stuck=1))
+    with pytest.raises(StoreUnavailable, match="unacknowledged"):
+        asyncio.run(bp.store(bp.prepare([Msg(b"x", b"junk", 0)])))
+
+
+def test_a_transformer_bug_costs_one_record(codec, tmp_path, monkeypatch):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("sources: [{name: s, meters: ['*'], sinks: [k]}]\n"
+                    "sinks: [{name: k, transformers: [{name: delta}], publishers: ['clickhouse://']}]\n")
+    pipeline = load_pipeline(path)
+    transformer = pipeline.sinks["k"].transformers[0]
+    original = transformer.handle
+
+    def handle(sample, state):
+        if sample["resource_id"] == "bug":
+            raise KeyError("a bug")
+        return original(sample, state)
+
+    monkeypatch.setattr(transformer, "handle", handle)
+    pub = PublisherDouble()
+    bp, producer = processor(codec, pub, pipeline)
+    records = [record(codec, 0, [make_test_sample(resource_id="bug")]), record(codec, 1, [make_test_sample()])]
+    asyncio.run(bp.store(bp.prepare(records)))
+    assert dlq(producer) == {"0": "internal_error"}
+
+
+def test_maybe_stored_header_asks_for_the_duplicate_lookup(codec):
+    pub = PublisherDouble()
+    bp, _ = processor(codec, pub)
+    bp.past_replay.add(0)  # partition 0 is past its replay: no lookup for its records ...
+    fresh = record(codec, 0, [make_test_sample(resource_id="a")])
+    bridged = record(codec, 1, [make_test_sample(resource_id="b")])
+    bridged.headers = [(MAYBE_STORED_HEADER, b"1")]  # ... except those a producer says may be stored
+    asyncio.run(bp.store(bp.prepare([fresh, bridged])))
+    assert pub.checked == [False, True]
+
+
+def alarm_stage(*alarms, persisted=None):
+    settings = Settings(signing={"keys": {k: v.decode() for k, v in TEST_KEYS.items()}, "active": "k-new"},
+                        alarms={"grace": 0})
+    snapshot = AlarmSet(alarms)
+    stage = AlarmStage(settings, lambda: snapshot,
+                       lambda alarm_id, reason, doc: persisted.append((alarm_id, reason)) if persisted is not None
+                       else None)
+    stage._conn = HistoryDouble()  # alarm_history rows, in memory
+    return stage
+
+
+class HistoryDouble:
+    database = "t"
+
+    def __init__(self):
+        self.rows = []
+
+    def insert_columns(self, table, columns, data):
+        self.rows += list(zip(*data, strict=True))
+
+
+def test_an_alarm_that_raises_is_disabled_once_and_the_batch_goes_on(codec, monkeypatch):
+    good = parse_alarm({"alarm_id": "good", "name": "good", "threshold_rule": {
+        "meter_name": "cpu_util", "threshold": 1, "comparison_operator": "gt", "period": 1}})
+    bad = parse_alarm({"alarm_id": "bad", "name": "bad", "threshold_rule": {
+        "meter_name": "cpu_util", "threshold": 1, "comparison_operator": "gt", "period": 1},
+        "time_constraints": [{"name": "tc", "start": "* * * * *", "duration": 60}]})
+    persisted = []
+    stage = alarm_stage(good, bad, persisted=persisted)
+    from croniter import CroniterBadDateError
+
+    from streams.alarms import model
+
+    def never(self, when_us):  # as a cron that validation let through would at evaluation time
+        raise CroniterBadDateError("failed to find next date")
+
+    monkeypatch.setattr(model.TimeConstraint, "contains", never)
+    pub = PublisherDouble()
+    bp, producer = processor(codec, pub, alarm_stage=stage)
+    t0 = (time.time_ns() // 1000) - 10_000_000
+    for i in range(4):  # four one-second windows, each closed by the next record
+        s = make_test_sample(name="cpu_util", type="gauge", unit="%", volume=50.0, timestamp=t0 + i * 1_000_000)
+        asyncio.run(bp.store(bp.prepare([record(codec, i, [s])])))
+    assert [a for a, _ in persisted] == ["bad"]  # disabled and persisted once
+    assert "CroniterBadDateError" in persisted[0][1]
+    assert "bad" not in stage.alarms.by_id and "good" in stage.alarms.by_id
+    alarms = [k for (t, _, k, v) in producer.produced if t == "alarms"]
+    assert alarms and set(alarms) == {b"good"}, "the good alarm still produced its transition"
+    assert {r[1] for r in stage._conn.rows} == {"good"}
+    assert len(pub.rows) == 4 and not dlq(producer)
+
+
+def test_idle_state_is_evicted_with_tombstones_but_alarm_state_is_kept(codec):
+    bp, producer = processor(codec)
+    old = time.time() - 7200
+    dict.__setitem__(bp.table, "gone", {"t": 1, "_seen": old, "_partition": 1})
+    dict.__setitem__(bp.table, "fresh", {"t": 1, "_seen": time.time(), "_partition": 1})
+    dict.__setitem__(bp.table, "alarmed", {"alarms": {"a": {}}, "_seen": old, "_partition": 1})
+    dict.__setitem__(bp.table, "elsewhere", {"t": 1, "_seen": old, "_partition": 2})
+    batch = bp.eviction_batch({1}, ttl_s=3600)
+    asyncio.run(bp.store(batch))
+    assert set(bp.table) == {"fresh", "alarmed", "elsewhere"}
+    assert [(t, p, k, v) for (t, p, k, v) in producer.produced] == [
+        ("app-resource-state-changelog", 1, b'"gone"', None)]
+    assert bp.eviction_batch({1}, ttl_s=3600) is None
