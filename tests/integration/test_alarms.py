@@ -15,7 +15,7 @@ import uuid
 from aiohttp import web
 from confluent_kafka import Producer
 
-from streams.alarms.records import RecordCodec
+from streams.alarms.records import AlarmRecordCodec
 from streams.topics import create_topics
 from tests.conftest import make_test_sample
 from tests.integration.conftest import free_port, http_get, wait_for
@@ -130,7 +130,8 @@ def test_alarm_lifecycle_through_cli_zookeeper_topic_history_and_webhook(pipelin
 
     # The alarms topic: one Avro record per transition, key = alarm_id.
     records = pipeline.consume(alarms_topic, expected=3, timeout=30)
-    events = [RecordCodec().decode(m.value()) for m in records]
+    verifier = AlarmRecordCodec(pipeline.settings.signing.keyring())  # signed by the processor's key
+    events = [verifier.decode(m.value()) for m in records]
     assert {m.key() for m in records} == {b"load-high"}
     assert [(e["previous"], e["current"]) for e in events] == [
         ("insufficient data", "alarm"), ("alarm", "ok"), ("ok", "insufficient data")]
