@@ -158,7 +158,9 @@ class Pipeline:
         return p.start()
 
     def produce(self, records: list[tuple[bytes | None, bytes]], headers=None) -> None:
-        producer = Producer({"bootstrap.servers": self.settings.kafka.bootstrap_servers})
+        # Records larger than librdkafka's 1 MB default are allowed: the processor's own limit is tested.
+        producer = Producer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
+                             "message.max.bytes": 10_000_000})
         for key, value in records:
             producer.produce(self.settings.kafka.samples_topic, key=key, value=value, headers=headers)
         assert producer.flush(30) == 0
