@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import yaml
+from cachetools import TTLCache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streams.codec import Sample
@@ -77,15 +78,22 @@ class WatermarkParams(BaseModel):
     threshold: float
     direction: Literal["above", "below"] = "above"
     emit: Literal["crossing", "beyond"] = "crossing"
+    max_series: int = Field(100_000, gt=0, description="Most (meter, resource) series remembered (LRU beyond).")
+    series_ttl: float = Field(3600.0, gt=0, description="Seconds a series not seen is remembered.")
 
 
 class WatermarkHook(EdgeHook):
-    """Keeps samples at watermark crossings (or beyond it); state per (meter, resource_id)."""
+    """Keeps samples at watermark crossings (or beyond it); state per (meter, resource_id).
+
+    The state is bounded: at most ``max_series`` series, each forgotten ``series_ttl``
+    seconds after its last sample (processes come and go; their ids never return). A
+    forgotten series starts again like a new one: its next sample is kept if beyond.
+    """
 
     def __init__(self, **params: Any) -> None:
         p = WatermarkParams(**params)
         self.threshold, self.direction, self.emit = p.threshold, p.direction, p.emit
-        self._beyond: dict[tuple[str, str], bool] = {}
+        self._beyond: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=p.max_series, ttl=p.series_ttl)
 
     def is_beyond(self, value: float) -> bool:
         return value > self.threshold if self.direction == "above" else value < self.threshold

@@ -44,3 +44,20 @@ def test_statsd_line():
     h = StatsdHook(address="127.0.0.1:8125", prefix="edge")
     assert h.line(s("cpu_util", 93.5, rid="host/process/1-2")) == "edge.cpu_util.host_process_1-2:93.5|g"
     assert StatsdHook(address="127.0.0.1:8125", include_resource=False).line(s("cpu", 3)) == "streams.cpu:3|g"
+
+
+def test_watermark_state_is_bounded_by_series_and_time():
+    from streams.pollers.hooks import WatermarkHook
+
+    hook = WatermarkHook(threshold=90, max_series=100, series_ttl=60)
+    for i in range(10_000):  # processes that come and go: each a new resource id
+        hook(make_test_sample(name="cpu_util", resource_id=f"host/process/{i}", volume=95.0))
+    assert len(hook._beyond) == 100
+    from cachetools import TTLCache
+
+    clock = [0.0]
+    hook._beyond = TTLCache(maxsize=100, ttl=60, timer=lambda: clock[0])  # the same cache, on a clock moved by hand
+    hook(make_test_sample(name="cpu_util", resource_id="r", volume=95.0))
+    assert not hook(make_test_sample(name="cpu_util", resource_id="r", volume=96.0))  # no crossing
+    clock[0] = 61.0
+    assert hook(make_test_sample(name="cpu_util", resource_id="r", volume=96.0))  # forgotten: starts again
