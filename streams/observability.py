@@ -65,6 +65,13 @@ SINK_RETRIES = Counter(
     "streams_sink_retries_total", "ClickHouse inserts retried after an error."
 )
 
+STATE_RESOURCES = Gauge(
+    "streams_state_resources", "Resources whose per-resource state this processor worker holds (table entries)."
+)
+STATE_EVICTED = Counter(
+    "streams_state_evicted_total", "Per-resource states evicted after processor.state_ttl idle (changelog tombstones)."
+)
+
 COORDINATION_OUTAGES = Counter(
     "streams_coordination_outages_total", "ZooKeeper outages seen (connection or session lost, or none at start)."
 )

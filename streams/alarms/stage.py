@@ -114,8 +114,9 @@ class AlarmStage:
         ALARM_EVALUATIONS.inc()
         return advance(alarms, state, rid, clock, self.grace_us, self._on_error)
 
-    def close_windows(self, table, batch_state, active_partitions: set[int], now_us: int) -> tuple[int, list]:
-        """Evaluate due windows of every resource with alarm state on ``active_partitions`` at ``now_us``.
+    def close_windows(self, table, batch_state, clocks: dict[int, int]) -> tuple[int, list]:
+        """Evaluate due windows of every resource with alarm state on the partitions of ``clocks``,
+        each at its partition's clock (partition -> µs; see ``BatchProcessor.timer_clocks``).
 
         Reads through ``batch_state`` (so uncommitted states of batches being
         stored are seen) and only copies resources that are due.
@@ -133,8 +134,11 @@ class AlarmStage:
             pending = batch_state.pending.get(rid)
             current = pending[0] if pending is not None else value
             partition = current.get(PARTITION_KEY)
+            now_us = clocks.get(partition)
+            if now_us is None:
+                continue
             try:
-                if partition not in active_partitions or not due(alarms, current, now_us, self.grace_us):
+                if not due(alarms, current, now_us, self.grace_us):
                     continue
             except Exception as exc:  # noqa: BLE001 - a state this version cannot read: re-evaluate it
                 log.warning("alarm state of %s unreadable (%s); evaluating it", clip(rid, 200), clip(repr(exc)))

@@ -147,8 +147,11 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     metrics = MetricsServer(p.metrics_port, settings.metrics_host, healthy=lambda: not app.should_stop,
                             ready=lambda: bool(joined))
 
+    def owned() -> list:
+        return [tp for tp in app.consumer.assignment() if tp.topic == k.samples_topic]
+
     def active_partitions() -> set[int]:
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic == k.samples_topic}
+        return {tp.partition for tp in owned()}
 
     def idle() -> bool:
         # Timers add work only between rebalances, once the agent runs.
@@ -184,7 +187,12 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
             # Resources that stopped reporting: close their windows by wall-clock time, on owned partitions.
             if idle():
                 return
-            batch = processor.alarm_timer_batch(active_partitions(), time.time_ns() // 1000)
+            tps = owned()
+            highwaters = {tp.partition: app.consumer.highwater(tp) for tp in tps}
+            positions = {tp.partition: await app.consumer.position(tp) for tp in tps
+                         if tp.partition not in processor.prepared_offsets}
+            clocks = processor.timer_clocks(highwaters, time.time_ns() // 1000, positions)
+            batch = processor.alarm_timer_batch(clocks)
             if batch is not None:
                 submit(batch)
 

@@ -56,7 +56,13 @@ from typing import Any, Protocol
 
 from streams.alarms.evaluator import STATE_KEY
 from streams.codec import RejectedMessage, Sample, clip
-from streams.observability import RECORDS_REJECTED, SAMPLES_DERIVED, SAMPLES_PROCESSED
+from streams.observability import (
+    RECORDS_REJECTED,
+    SAMPLES_DERIVED,
+    SAMPLES_PROCESSED,
+    STATE_EVICTED,
+    STATE_RESOURCES,
+)
 from streams.pipeline import Pipeline
 from streams.processor.stages import MAYBE_STORED_HEADER, RecordProcessor, dlq_headers, fit_dead_letter
 from streams.processor.state import BatchState, ChangelogWriter, StateWriteError, idle_resources
@@ -158,14 +164,18 @@ class BatchProcessor:
         # stored, the rest of that partition needs no duplicate lookup (docs/storage.md).
         self.past_replay: set[int] = set()
         self.started_s = time.time()
+        self.prepared_offsets: dict[int, int] = {}  # partition -> highest offset prepared
+        self.event_clocks: dict[int, int] = {}  # partition -> newest sample time prepared, µs
         self.tail: asyncio.Future | None = None
         """The future of the last batch submitted (done when it and every batch before it are stored)."""
         self._logged: dict[str, float] = {}
 
     def on_rebalance(self) -> None:
-        """Partitions moved: every partition may hold a replay again."""
+        """Partitions moved: every partition may hold a replay again, and its progress is unknown."""
         self.generation += 1
         self.past_replay.clear()
+        self.prepared_offsets.clear()
+        self.event_clocks.clear()
 
     # -- prepare ---------------------------------------------------------------------------------
 
@@ -177,7 +187,10 @@ class BatchProcessor:
         started = time.perf_counter()
         batch = Batch(records, BatchState(self.table, self.pending), self.generation)
         pipeline, alarms, past_replay = self.pipeline, self.alarm_stage, self.past_replay
+        offsets, clocks = self.prepared_offsets, self.event_clocks
         for i, msg in enumerate(records):
+            if msg.offset > offsets.get(msg.partition, -1):
+                offsets[msg.partition] = msg.offset
             try:
                 samples = self.stages.decode_record(msg.value, msg.key)
                 state_for = partial(batch.state.get, partition=msg.partition)
@@ -199,6 +212,9 @@ class BatchProcessor:
             else:
                 batch.replayed.add(out, i)
                 batch.replay_partitions.add(msg.partition)
+            newest = samples[-1]["timestamp"]
+            if newest > clocks.get(msg.partition, 0):
+                clocks[msg.partition] = newest
             if alarms is not None:
                 try:
                     batch.alarm_events += alarms.on_record(samples, state_for, msg.partition)
@@ -209,13 +225,39 @@ class BatchProcessor:
         batch.timings["prepare"] = time.perf_counter() - started
         return batch
 
-    def alarm_timer_batch(self, active_partitions: set[int], now_us: int) -> Batch | None:
-        """A batch without records that closes alarm windows of silent resources (None: nothing due)."""
-        if self.alarm_stage is None or not active_partitions:
+    def timer_clocks(self, highwaters: dict[int, int | None], now_us: int,
+                     positions: dict[int, int | None] | None = None) -> dict[int, int]:
+        """The clock to close alarm windows with, per owned partition (``highwaters``: partition -> the
+        offset the next record will get; ``positions``: the consumer's next offset to read, for partitions
+        with nothing prepared since the last rebalance).
+
+        A partition whose every record is prepared is idle: wall-clock ``now_us``, so a resource that
+        stopped reporting reaches insufficient data. A partition with records still to read (a
+        backlog after a restart or an outage) keeps event time, the newest sample prepared on it:
+        closing its windows by wall clock would declare insufficient data for resources whose samples
+        are only waiting to be read. A lagging partition with nothing prepared yet is left alone.
+        """
+        clocks = {}
+        positions = positions or {}
+        for partition, highwater in highwaters.items():
+            if highwater is None:  # not fetched yet: its backlog is unknown
+                continue
+            done = self.prepared_offsets.get(partition)
+            if done is None and positions.get(partition) is not None:
+                done = positions[partition] - 1  # nothing prepared yet: where the consumer stands
+            if done is not None and done >= highwater - 1:
+                clocks[partition] = now_us
+            elif partition in self.event_clocks:
+                clocks[partition] = self.event_clocks[partition]
+        return clocks
+
+    def alarm_timer_batch(self, clocks: dict[int, int]) -> Batch | None:
+        """A batch without records that closes alarm windows of silent resources, at the clock of
+        each partition (:meth:`timer_clocks`). None: nothing due."""
+        if self.alarm_stage is None or not clocks:
             return None
         batch = Batch((), BatchState(self.table, self.pending), self.generation)
-        touched, batch.alarm_events = self.alarm_stage.close_windows(self.table, batch.state, active_partitions,
-                                                                     now_us)
+        touched, batch.alarm_events = self.alarm_stage.close_windows(self.table, batch.state, clocks)
         return batch if touched else None
 
     def eviction_batch(self, active_partitions: set[int], ttl_s: float, now_s: float | None = None) -> Batch | None:
@@ -224,6 +266,7 @@ class BatchProcessor:
         if not active_partitions:
             return None
         now_s = time.time() if now_s is None else now_s
+        STATE_RESOURCES.set(len(self.table.data))
         idle = idle_resources(list(self.table.data.items()), self.pending, active_partitions, now_s - ttl_s,
                               self.started_s, self.partitions, keep=lambda state: STATE_KEY in state)
         if not idle:
@@ -231,6 +274,7 @@ class BatchProcessor:
         batch = Batch((), BatchState(self.table, self.pending), self.generation)
         for rid, partition in idle:
             batch.state.delete(rid, partition)
+        STATE_EVICTED.inc(len(idle))
         log.info("evicting the state of %d resources idle for over %.0f s", len(idle), ttl_s)
         return batch
 

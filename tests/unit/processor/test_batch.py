@@ -239,3 +239,16 @@ def test_idle_state_is_evicted_with_tombstones_but_alarm_state_is_kept(codec):
     assert [(t, p, k, v) for (t, p, k, v) in producer.produced] == [
         ("app-resource-state-changelog", 1, b'"gone"', None)]
     assert bp.eviction_batch({1}, ttl_s=3600) is None
+
+
+def test_the_alarm_timer_keeps_event_time_on_partitions_with_a_backlog(codec):
+    bp, _ = processor(codec)
+    ts = time.time_ns() // 1000 - 600_000_000  # a backlog ten minutes old
+    bp.prepare([Msg(b"a", codec.encode([make_test_sample(resource_id="a", timestamp=ts)]), offset=5, partition=0),
+                Msg(b"b", codec.encode([make_test_sample(resource_id="b", timestamp=ts)]), offset=9, partition=1)])
+    now = time.time_ns() // 1000
+    clocks = bp.timer_clocks({0: 100, 1: 10, 2: 50, 3: None}, now, positions={2: 50})
+    # 0: records 6..99 still to read -> event time; 1: all prepared -> wall clock; 2: nothing prepared, the
+    # consumer stands at the end -> wall clock; 3: not fetched yet -> left alone.
+    assert clocks == {0: ts, 1: now, 2: now}
+    assert bp.timer_clocks({2: 50}, now, positions={2: 20}) == {}  # a backlog, nothing prepared: wait
