@@ -106,9 +106,17 @@ class StreamsProcess:
         wait_for(ready, timeout, f"{self.args[0]} /readyz")
 
     def metric(self, name: str) -> float:
-        """Sum of all samples of metric ``name`` on this process's /metrics."""
-        status, text = http_get(self.url("/metrics"))
-        assert status == 200, f"/metrics answered {status}"
+        """Sum of all samples of metric ``name`` on this process's /metrics.
+
+        A scrape that times out on a loaded machine is retried for up to 15 s; the process
+        must be alive and answer by then."""
+        deadline = time.monotonic() + 15
+        while True:
+            status, text = http_get(self.url("/metrics"), timeout=5.0)
+            if status == 200 or time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
+                break
+            time.sleep(0.5)
+        assert status == 200, f"/metrics answered {status}:\n{self.tail()}"
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and (line[len(name)] in " {"):
