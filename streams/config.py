@@ -239,7 +239,7 @@ class ProcessorSettings(_Section):
     max_string_chars: int = Field(
         64 << 10, gt=0, description="Longest string field of a sample (characters), metadata included.")
     batch_max_bytes: int = Field(
-        16 << 20, gt=0, description="A batch is flushed once its records' values reach this many bytes "
+        8 << 20, gt=0, description="A batch is flushed once its records' values reach this many bytes "
         "(as well as at batch_size records or batch_timeout seconds): bounds a worker's memory per batch.")
     state_ttl: float | None = Field(
         None, gt=0,
