@@ -11,7 +11,10 @@ Figures:
       2. a naive per-event Faust agent doing the same work (``bench/naive_agent.py``);
       3. a raw loop: confluent-kafka + fastavro + columnar insert (``bench/raw_loop.py``);
     samples/s (from readiness to the last row visible), peak RSS, ratios 1/2, 1/3;
-  * produce -> row-visible latency percentiles of a paced stream.
+  * produce -> row-visible latency percentiles of a paced stream;
+  * the sink alone (``bench/bench_sink.py``);
+  * bounded state (``bench/bench_state.py``): 1,000,000 distinct resource ids through
+    the processor with eviction on; peak RSS and the state table's size.
 
 Usage: ``python bench/run.py [--samples N] [--out bench/results.json]``.
 Needs the local services (``streams dev up``). Prints figures; asserts nothing.
@@ -248,6 +251,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=840_000, help="samples pre-loaded into the topic")
     ap.add_argument("--naive-window", type=float, default=30.0, help="seconds the naive agent runs")
+    ap.add_argument("--state-resources", type=int, default=1_000_000,
+                    help="distinct resource ids for the bounded-state figure")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = ap.parse_args()
 
@@ -328,6 +333,16 @@ def main() -> None:
 
     results["sink"] = run_sink(settings)
     print(f"   best {results['sink']['best_rows_per_s']:,} rows/s (goal {results['sink']['goal_rows_per_s']:,})")
+
+    print(f"== bounded state: {args.state_resources:,} distinct resource ids through the processor, "
+          "state_ttl 20 s (bench/bench_state.py)")
+    from bench_state import run as run_state
+
+    results["state"] = st = run_state(env, services, args.state_resources, free_port=free_port)
+    print(f"   {st['resources']:,} resources in {st['stream_s']}s ({st['samples_per_s']:,}/s): peak RSS "
+          f"{st['peak_rss_mib']:.0f} MiB (goal < {st['goal_peak_rss_mib']}); states held: at most "
+          f"{st['state_resources_max_seen']:,} seen, {st['state_resources_at_end_of_stream']:,} at the end, "
+          f"{st['state_resources_after_eviction']:,} after eviction ({st['evicted']:,} evicted)")
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
