@@ -42,7 +42,19 @@ class _Ctx:
 pass_ctx = click.make_pass_decorator(_Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _StreamsGroup(click.Group):
+    """Turns a ZooKeeper refusal or outage into a one-line error (exit 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from streams.coordination.security import CoordinationError
+
+        try:
+            return super().invoke(ctx)
+        except CoordinationError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_StreamsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", envvar="STREAMS_CONFIG", type=click.Path(dir_okay=False),
               help="YAML config file (env STREAMS_CONFIG).")
 @click.pass_context
@@ -226,6 +238,7 @@ def process(c: _Ctx) -> None:
 
 
 from streams.alarms.commands import alarm, notify  # noqa: E402
+from streams.coordination.commands import coordination, hooks  # noqa: E402
 from streams.demo import demo  # noqa: E402  (commands defined in their own modules)
 from streams.devenv import dev  # noqa: E402
 from streams.storage.commands import query  # noqa: E402
@@ -235,6 +248,8 @@ cli.add_command(query)
 cli.add_command(demo)
 cli.add_command(alarm)
 cli.add_command(notify)
+cli.add_command(coordination)
+cli.add_command(hooks)
 
 
 def main() -> None:

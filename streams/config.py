@@ -270,6 +270,19 @@ class CoordinationSettings(_Section):
     root: str = Field("/streams", description="Root znode of this deployment.")
     session_timeout: float = Field(10.0, gt=0, description="ZooKeeper session timeout (s): liveness of members.")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for the first connection.")
+    username: str | None = Field(
+        None, description="ZooKeeper digest user (env STREAMS_COORDINATION__USERNAME). When set, every client "
+        "authenticates and every znode the project creates gets a digest ACL for this identity alone.")
+    password: SecretStr = Field(
+        SecretStr(""), description="Password of `username` (env STREAMS_COORDINATION__PASSWORD; a Secret in "
+        "Kubernetes).")
+    use_ssl: bool = Field(
+        False, description="TLS to ZooKeeper's secureClientPort; the server certificate and host name are "
+        "always verified.")
+    ca_file: str | None = Field(None, description="PEM CA bundle that signed ZooKeeper's certificate; None = "
+                                "system CAs.")
+    cert_file: str | None = Field(None, description="PEM client certificate (ssl.clientAuth=need on the server).")
+    key_file: str | None = Field(None, description="PEM private key of cert_file.")
 
     @field_validator("root")
     @classmethod
@@ -277,6 +290,18 @@ class CoordinationSettings(_Section):
         if not v.startswith("/") or v.endswith("/") and v != "/":
             raise ValueError("must be an absolute znode path without a trailing slash, e.g. /streams")
         return v
+
+    @model_validator(mode="after")
+    def _check_security(self) -> CoordinationSettings:
+        if self.username is not None and (not self.username or ":" in self.username):
+            raise ValueError("username must be non-empty and hold no ':' (ZooKeeper digest is user:password)")
+        if bool(self.username) != bool(self.password.get_secret_value()):
+            raise ValueError("username and password go together (digest authentication needs both)")
+        if (self.ca_file or self.cert_file or self.key_file) and not self.use_ssl:
+            raise ValueError("ca_file, cert_file and key_file need use_ssl: true")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
 
 class AlarmSettings(_Section):

@@ -9,9 +9,14 @@ Znode layout under ``coordination.root`` (default ``/streams``)::
     /groups/<group>/<member id>     ephemeral: live members of a work-sharing group (membership.py)
     /services/<binary>/<member id>  ephemeral JSON: the live-service registry (registry.py)
     /hooks                          YAML/JSON: edge hooks of the polling agents, watched (watch.py)
+    /alarms/<id>                    JSON: alarm definitions (streams.alarms.definitions)
+
+With ``coordination.username`` set, every znode here has a digest ACL for that
+identity alone (``security``; ``streams coordination secure`` migrates old ones).
 
 Modules: ``ring`` (consistent hash ring, pure), ``session`` (one kazoo session
-per process as a mode service, outage counting), ``membership``
+per process as a mode service, outage counting), ``security`` (authentication,
+ACLs, TLS), ``membership``
 (:class:`~streams.coordination.membership.PartitionCoordinator`), ``registry``
 and ``watch``.
 """
@@ -23,23 +28,37 @@ import logging
 from collections.abc import Iterator
 
 from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
 
 from streams.config import CoordinationSettings
+from streams.coordination.security import CoordinationError, check_access, new_client, tls_problem
 
 log = logging.getLogger(__name__)
 
 
 def connect(settings: CoordinationSettings) -> KazooClient:
-    """Start a kazoo client for ``settings.hosts`` and wait until connected.
+    """Start a kazoo client for ``settings.hosts`` (authenticated, ACLs and TLS as configured: see
+    :mod:`streams.coordination.security`), wait until connected and check access to ``settings.root``.
 
     Raises:
         ValueError: coordination is not configured (``hosts`` unset).
-        kazoo.handlers.threading.KazooTimeoutError: no connection within ``connect_timeout``.
+        CoordinationError: no connection within ``connect_timeout`` (with the TLS failure when there
+            was one), or a TLS file missing.
+        CoordinationAccessError: ZooKeeper refused this identity access to the root (names the user).
     """
-    if not settings.hosts:
-        raise ValueError("coordination.hosts is not set")
-    client = KazooClient(hosts=settings.hosts, timeout=settings.session_timeout)
-    client.start(timeout=settings.connect_timeout)
+    client = new_client(settings)
+    try:
+        client.start(timeout=settings.connect_timeout)
+    except KazooTimeoutError:  # kazoo has stopped and closed the client
+        problem = tls_problem(settings)
+        raise CoordinationError(f"ZooKeeper {settings.hosts} not reachable within {settings.connect_timeout:g}s"
+                                + (f": {problem}" if problem else "")) from None
+    try:
+        check_access(client, settings)
+    except CoordinationError:
+        client.stop()
+        client.close()
+        raise
     return client
 
 

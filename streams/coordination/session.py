@@ -15,25 +15,32 @@ import asyncio
 import logging
 import threading
 
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooState
 from kazoo.exceptions import KazooException
 from kazoo.retry import KazooRetry
 from mode import Service
 
 from streams.config import CoordinationSettings
+from streams.coordination.security import CoordinationAccessError, check_access, new_client
 from streams.observability import COORDINATION_CONNECTED, COORDINATION_OUTAGES
 
 log = logging.getLogger(__name__)
 
 
 class ZooKeeperSession(Service):
-    """Owns a started :class:`KazooClient` for ``settings.hosts`` while it runs.
+    """Owns a started kazoo client for ``settings.hosts`` while it runs (authenticated, ACLs and
+    TLS as configured: :mod:`streams.coordination.security`).
 
     Starting waits up to ``settings.connect_timeout`` for the first connection;
     without one it goes on (counted as an outage) and kazoo keeps trying.
+    Once connected, access to ``settings.root`` is checked: a refusal (wrong
+    password, or no credentials for a secured tree) is logged naming the user
+    and stops the service with :class:`~streams.coordination.security.CoordinationAccessError`,
+    since nothing it would do there could succeed.
 
     Raises:
         ValueError: coordination is not configured (``settings.hosts`` unset).
+        CoordinationError: a TLS file named in the settings does not exist.
     """
 
     def __init__(self, settings: CoordinationSettings, **kwargs: object) -> None:
@@ -41,11 +48,12 @@ class ZooKeeperSession(Service):
         if not settings.hosts:
             raise ValueError("coordination.hosts is not set")
         self.settings = settings
-        self.client = KazooClient(
-            hosts=settings.hosts, timeout=settings.session_timeout,
+        self.client = new_client(
+            settings,
             connection_retry=KazooRetry(max_tries=-1, delay=0.2, backoff=2, max_delay=2),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1),
         )
+        self.access_checked = False
         self.outages = 0
         self._was_connected = False
         self._lock = threading.Lock()
@@ -85,6 +93,29 @@ class ZooKeeperSession(Service):
                 COORDINATION_CONNECTED.set(0)
             log.warning("ZooKeeper %s not reachable within %.0fs; running on, retrying in the background",
                         self.settings.hosts, self.settings.connect_timeout)
+            return
+        await self._check_access()
+
+    async def _check_access(self) -> None:
+        """Check access to the root once connected; raises CoordinationAccessError on a refusal."""
+        try:
+            await asyncio.to_thread(check_access, self.client, self.settings)
+        except CoordinationAccessError as exc:
+            log.error("%s", exc)
+            raise
+        except (KazooException, TimeoutError) as exc:  # connection lost meanwhile: checked again later
+            log.debug("access check deferred: %r", exc)
+            return
+        self.access_checked = True
+
+    @Service.timer(1.0)
+    async def _check_access_when_connected(self) -> None:
+        # For a session that was not connected at start: check as soon as it is.
+        if not self.access_checked and self.connected:
+            try:
+                await self._check_access()
+            except CoordinationAccessError as exc:
+                await self.crash(exc)
 
     async def on_stop(self) -> None:
         await asyncio.to_thread(self._close)
