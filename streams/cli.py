@@ -154,11 +154,11 @@ def poll(c: _Ctx, once: bool, interval: float | None, agent: str | None, polling
     try:
         codec = BatchCodec(s.signing.keyring())
         if polling:
-            tasks = load_polling(polling, agent, sample_source=s.poller.source, interval=interval)
+            tasks = load_polling(polling, agent, sample_source=s.poller.source, interval=interval, settings=s)
         elif agent == "compute":
             tasks = build_tasks(default_compute_definition(interval or s.poller.interval, s.poller.processes,
                                                            s.poller.max_processes), agent,
-                                sample_source=s.poller.source, label="compute defaults")
+                                sample_source=s.poller.source, label="compute defaults", settings=s)
         else:
             raise click.ClickException("the central agent needs a polling.yaml (--polling or poller.polling)")
     except (ConfigError, PollingConfigError) as exc:

@@ -206,6 +206,9 @@ class PollerSettings(_Section):
         None, description="polling.yaml path; None = compute defaults (host, processes, cgroups every interval).")
     report_interval: float = Field(
         10.0, gt=0, description="Seconds between live-service registry reports (with coordination.hosts set).")
+    process_cmdline: Literal["name", "full"] = Field(
+        "name", description="What process samples carry as metadata `cmdline`: the executable's name (name), "
+        "or the command line with secret-looking options, key=value pairs and URL passwords redacted (full).")
 
 
 class ProcessorSettings(_Section):

@@ -23,9 +23,10 @@ import urllib.request
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.codec import Sample, metadata_to_strings
+from streams.config import KafkaSettings
 from streams.pollers.base import Meter, Pollster, Resource, make_sample
 
 
@@ -244,11 +245,34 @@ class KafkaLagPollster(Pollster):
 
     Uses ``AdminClient.list_consumer_group_offsets`` and ``list_offsets``
     (latest). Partitions without a committed offset are not counted. Params:
-    ``bootstrap_servers`` (default for resources without ``metadata.bootstrap_servers``),
-    ``timeout`` (s, default 10).
+    ``bootstrap_servers`` (default for resources without ``metadata.bootstrap_servers``;
+    without either, ``kafka.bootstrap_servers``), ``timeout`` (s, default 10).
+
+    The admin client connects like every other client of the project, with
+    :meth:`~streams.config.KafkaSettings.client_config` of ``kafka`` (security
+    protocol, SASL credentials, TLS files; given by the agent from its
+    settings, see :func:`streams.pollers.polling.plugin_defaults`).
+
+    Raises (at construction): ValueError when ``kafka`` is not valid Kafka settings.
     """
 
     meters = (KAFKA_LAG,)
+
+    def __init__(self, source: str = "streams", kafka: KafkaSettings | dict | None = None, **params: Any) -> None:
+        super().__init__(source, **params)
+        try:
+            self.kafka = KafkaSettings.model_validate(kafka or {})
+        except ValidationError as exc:
+            raise ValueError(f"kafka: {exc}") from None
+
+    def admin_config(self, resource: Resource) -> dict[str, str]:
+        """librdkafka settings of the admin client for ``resource``: the Kafka client settings, with the
+        resource's (or the pollster's) ``bootstrap_servers`` when it names one."""
+        conf = self.kafka.client_config()
+        servers = resource.metadata.get("bootstrap_servers") or self.params.get("bootstrap_servers")
+        if servers:
+            conf["bootstrap.servers"] = str(servers)
+        return conf
 
     def get_samples(self, resources: Iterable[Resource]) -> list[Sample]:
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
@@ -257,9 +281,8 @@ class KafkaLagPollster(Pollster):
         timeout = float(self.params.get("timeout", 10.0))
         out: list[Sample] = []
         for res in resources:
-            servers = str(res.metadata.get("bootstrap_servers") or self.params.get("bootstrap_servers") or "")
             group = str(res.metadata.get("group") or res.id)
-            admin = AdminClient({"bootstrap.servers": servers})
+            admin = AdminClient(self.admin_config(res))
             fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
             committed = [tp for tp in fut.result(timeout).topic_partitions if tp.offset >= 0]
             lag = 0

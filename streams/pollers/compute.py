@@ -26,11 +26,13 @@ import socket
 import time
 from collections.abc import Iterable
 from functools import partial
+from typing import get_args
 
 import psutil
 
 from streams.codec import Sample, metadata_to_strings
 from streams.pollers.base import Discovery, Meter, Pollster, Resource, make_sample
+from streams.pollers.cmdline import CmdlineMode, describe_cmdline
 
 CPU = Meter("cpu", "cumulative", "ns")
 CPU_UTIL = Meter("cpu_util", "gauge", "%")
@@ -128,29 +130,39 @@ class HostPollster(Pollster):
         return out
 
 
-_PROC_ATTRS = ["pid", "name", "username", "create_time", "cpu_times", "memory_info", "io_counters", "cmdline"]
+_PROC_ATTRS = ["pid", "name", "username", "create_time", "cpu_times", "memory_info", "io_counters"]
 
 
 class LocalProcessDiscovery(Discovery):
     """This host's processes, busiest (most CPU time) first, at most ``limit``.
 
     Resource id: ``<hostname>/process/<pid>-<start time in ms>``, so a reused
-    pid is a new resource.
+    pid is a new resource. Metadata ``cmdline`` is the executable's name
+    (``cmdline: name``, the default) or the command line with secrets redacted
+    (``cmdline: full``); see :mod:`streams.pollers.cmdline`.
+
+    Raises:
+        ValueError: ``cmdline`` is neither ``name`` nor ``full``.
     """
 
-    def __init__(self, limit: int = 500, **kwargs: object) -> None:
+    def __init__(self, limit: int = 500, cmdline: CmdlineMode = "name", **kwargs: object) -> None:
         super().__init__(**kwargs)
+        if cmdline not in get_args(CmdlineMode):
+            raise ValueError(f"cmdline must be one of {', '.join(get_args(CmdlineMode))}, not {cmdline!r}")
         self.limit = limit
+        self.cmdline = cmdline
+        # The full command line is not even read unless asked for.
+        self._attrs = _PROC_ATTRS + (["cmdline"] if cmdline == "full" else [])
 
     def discover(self) -> list[Resource]:
         host = hostname()
         found: list[Resource] = []
-        for proc in psutil.process_iter(_PROC_ATTRS, ad_value=None):
+        for proc in psutil.process_iter(self._attrs, ad_value=None):
             info = proc.info
             if info.get("cpu_times") is None or info.get("create_time") is None:
                 continue
             start_ms = int(info["create_time"] * 1000)
-            cmdline = " ".join(info.get("cmdline") or [])[:256]
+            cmdline = describe_cmdline(info.get("name") or "", info.get("cmdline"), self.cmdline)
             found.append(
                 Resource(
                     id=f"{host}/process/{info['pid']}-{start_ms}",

@@ -42,7 +42,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from streams.config import ConfigError, read_yaml_file
+from streams.config import ConfigError, Settings, read_yaml_file
 from streams.pollers.base import Discovery, Pollster, Resource
 
 POLLSTER_GROUP = "streams.pollsters.{agent}"
@@ -191,9 +191,21 @@ def load_plugin(group: str, name: str) -> type:
     raise LookupError(f"no {group} plugin {name!r} (known: {', '.join(plugin_names(group)) or 'none'})")
 
 
+def plugin_defaults(settings: Settings | None) -> dict[str, dict[str, Any]]:
+    """Keyword arguments that service settings give plugins, by plugin name, beneath polling.yaml's own:
+    ``local_processes`` gets ``cmdline`` (``poller.process_cmdline``), ``kafka_lag`` gets ``kafka``
+    (the Kafka connection and its TLS/SASL settings)."""
+    if settings is None:
+        return {}
+    return {"local_processes": {"cmdline": settings.poller.process_cmdline},
+            "kafka_lag": {"kafka": settings.kafka}}
+
+
 def build_tasks(definition: PollingDefinition, agent: str, *, sample_source: str = "streams",
-                label: str = "polling.yaml") -> list[PollingTask]:
+                label: str = "polling.yaml", settings: Settings | None = None) -> list[PollingTask]:
     """Instantiate the pollsters and discoveries of every source of ``definition`` for ``agent``.
+
+    ``settings`` (optional) supplies :func:`plugin_defaults`.
 
     Raises:
         PollingConfigError: unknown agent, pollster, discovery or meter, bad pollster
@@ -202,6 +214,7 @@ def build_tasks(definition: PollingDefinition, agent: str, *, sample_source: str
     if agent not in AGENTS:
         raise PollingConfigError(f"{label}: unknown agent {agent!r}; expected one of {', '.join(AGENTS)}")
     group = POLLSTER_GROUP.format(agent=agent)
+    defaults = plugin_defaults(settings)
     tasks = []
     for src in definition.sources:
         def fail(problem: str, src: SourceDefinition = src) -> PollingConfigError:
@@ -219,7 +232,7 @@ def build_tasks(definition: PollingDefinition, agent: str, *, sample_source: str
                     raise fail(f"pollsters: {name} needs parameters")
                 continue
             try:
-                pollsters.append((name, cls(source=sample_source, **(params or {}))))
+                pollsters.append((name, cls(source=sample_source, **{**defaults.get(name, {}), **(params or {})})))
             except (ValidationError, TypeError, ValueError) as exc:
                 raise fail(f"pollsters.{name}: bad parameters: {_one_line(exc)}") from None
         selector = MeterSelector(tuple(src.meters))
@@ -238,7 +251,8 @@ def build_tasks(definition: PollingDefinition, agent: str, *, sample_source: str
             for dname in names:
                 try:
                     dcls = load_plugin(DISCOVERY_GROUP, dname)
-                    discoveries.append(dcls(resources=statics, **src.discovery_params.get(dname, {})))
+                    discoveries.append(dcls(resources=statics, **{**defaults.get(dname, {}),
+                                                                  **src.discovery_params.get(dname, {})}))
                 except LookupError as exc:
                     raise fail(f"discovery: {exc}") from None
                 except (ValidationError, TypeError, ValueError) as exc:
@@ -281,11 +295,12 @@ def parse_polling(data: Any, label: str = "polling.yaml") -> PollingDefinition:
 
 
 def load_polling(path: str | Path, agent: str, *, sample_source: str = "streams",
-                 interval: float | None = None) -> list[PollingTask]:
+                 interval: float | None = None, settings: Settings | None = None) -> list[PollingTask]:
     """Read, validate and instantiate polling.yaml at ``path`` for ``agent``.
 
     Args:
         interval: override every source's interval (s), e.g. ``streams poll --interval``.
+        settings: service settings for :func:`plugin_defaults`.
 
     Raises:
         PollingConfigError: file missing, not YAML, or invalid (see :func:`build_tasks`).
@@ -296,7 +311,7 @@ def load_polling(path: str | Path, agent: str, *, sample_source: str = "streams"
     if interval:
         for s in definition.sources:
             s.interval = interval
-    return build_tasks(definition, agent, sample_source=sample_source, label=str(p))
+    return build_tasks(definition, agent, sample_source=sample_source, label=str(p), settings=settings)
 
 
 def default_compute_definition(interval: float, processes: bool, max_processes: int) -> PollingDefinition:

@@ -44,3 +44,23 @@ def test_prometheus_params_are_validated():
 def test_parse_mntr():
     text = "zk_version\t3.8.0-x\nzk_avg_latency\t0.5\nzk_znode_count\t42\n"
     assert parse_mntr(text) == {"zk_avg_latency": 0.5, "zk_znode_count": 42.0}
+
+
+def test_kafka_lag_admin_client_carries_the_kafka_tls_and_sasl_settings():
+    from streams.config import KafkaSettings
+    from streams.pollers.central import KafkaLagPollster
+
+    kafka = KafkaSettings(bootstrap_servers="k:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                          sasl_username="lag", sasl_password="pw", ssl_ca_location="/ca.pem",
+                          ssl_certificate_location="/c.pem", ssl_key_location="/k.pem")
+    secured = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "lag",
+               "sasl.password": "pw", "ssl.ca.location": "/ca.pem", "ssl.certificate.location": "/c.pem",
+               "ssl.key.location": "/k.pem"}
+    p = KafkaLagPollster(kafka=kafka, bootstrap_servers="other:9093")
+    assert p.admin_config(Resource("g", {"group": "g"})) == {"bootstrap.servers": "other:9093", **secured}
+    assert p.admin_config(Resource("g", {"bootstrap_servers": "mine:1"}))["bootstrap.servers"] == "mine:1"
+    assert KafkaLagPollster(kafka=kafka).admin_config(Resource("g"))["bootstrap.servers"] == "k:9093"
+    plain = KafkaLagPollster(bootstrap_servers="b:1").admin_config(Resource("g"))
+    assert plain == {"bootstrap.servers": "b:1", "security.protocol": "PLAINTEXT"}
+    with pytest.raises(ValueError, match="kafka"):
+        KafkaLagPollster(kafka={"security_protocol": "PLAINTEXT", "sasl_mechanism": "PLAIN"})

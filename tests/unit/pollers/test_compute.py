@@ -77,3 +77,13 @@ def test_utilisation_first_reading_reset_and_scaling():
 
 def test_process_pollster_skips_resources_without_snapshot():
     assert ProcessPollster().get_samples([Resource(id="x")]) == []
+
+
+def test_process_cmdline_is_the_executable_name_unless_full_is_asked_for():
+    me = [r for r in LocalProcessDiscovery(limit=10_000).discover() if r.metadata["pid"] == os.getpid()]
+    assert me[0].metadata["cmdline"] == psutil.Process().name()
+    full = [r for r in LocalProcessDiscovery(limit=10_000, cmdline="full").discover()
+            if r.metadata["pid"] == os.getpid()]
+    assert full[0].metadata["cmdline"].startswith(psutil.Process().cmdline()[0])
+    with pytest.raises(ValueError, match="cmdline must be one of name, full"):
+        LocalProcessDiscovery(cmdline="everything")

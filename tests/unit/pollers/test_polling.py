@@ -94,3 +94,29 @@ def test_compute_defaults_cover_host_processes_and_cgroups():
     assert task.pollsters[2][2][0].limit == 7
     [task] = build_tasks(default_compute_definition(5, processes=False, max_processes=7), "compute")
     assert "processes" not in [n for n, _, _ in task.pollsters]
+
+
+def test_service_settings_reach_the_process_discovery_and_the_kafka_lag_pollster(tmp_path):
+    from streams.config import KafkaSettings, PollerSettings, Settings
+
+    settings = Settings(poller=PollerSettings(process_cmdline="full"),
+                        kafka=KafkaSettings(bootstrap_servers="k:9093", security_protocol="SASL_SSL",
+                                            sasl_mechanism="SCRAM-SHA-512", sasl_username="lag",
+                                            sasl_password="pw", ssl_ca_location="/ca.pem"))
+    [task] = build_tasks(default_compute_definition(10, True, 5), "compute", settings=settings)
+    [discovery] = [d for n, _, ds in task.pollsters if n == "processes" for d in ds]
+    assert discovery.cmdline == "full" and discovery.limit == 5
+    [default] = [d for n, _, ds in build_tasks(default_compute_definition(10, True, 5), "compute")[0].pollsters
+                 if n == "processes" for d in ds]
+    assert default.cmdline == "name"  # executable names only unless asked
+
+    central = load_polling("etc/polling.central.yaml", "central", settings=settings)
+    [lag] = [p for t in central for n, p, _ in t.pollsters if n == "kafka_lag"]
+    assert lag.kafka == settings.kafka
+
+
+def test_bad_process_cmdline_names_file_source_and_problem(tmp_path):
+    p = write(tmp_path, "sources:\n  - name: procs\n    interval: 5\n    meters: [cpu]\n"
+                        "    pollsters: {processes: {}}\n    discovery_params: {local_processes: {cmdline: all}}\n")
+    with pytest.raises(PollingConfigError, match="source 'procs': discovery_params.local_processes: cmdline must be"):
+        load_polling(p, "compute")
