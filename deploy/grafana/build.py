@@ -17,6 +17,17 @@ DB = "${database}"
 OUT = Path(__file__).parent / "dashboards"
 
 
+def value(var: str) -> str:
+    """A single-value variable as a ClickHouse string: percent-encoded by Grafana, decoded by ClickHouse.
+
+    Grafana's quoting formats (``singlequote``, ``sqlstring``) do not escape the
+    backslash, which ClickHouse literals interpret; percent-encoding leaves only
+    ``A-Z a-z 0-9 - _ . ~ %`` in the literal, so no value can end the string
+    (see streams/storage/grafana.py).
+    """
+    return f"decodeURLComponent('${{{var}:percentencode}}')"
+
+
 def bucket(col: str, minimum: int = 1) -> str:
     step = f"greatest($__interval_s, {minimum})" if minimum > 1 else "$__interval_s"
     return f"toDateTime(intDiv(toUInt32({col}), {step}) * {step}, 'UTC')"
@@ -91,30 +102,30 @@ RESOURCE = dashboard("streams-resource", "Resource drill-down", [
     panel("${meter} of ${resource}: min / avg / max", f"""
 SELECT {bucket('bucket', 60)} AS time, minMerge(min) AS min, avgMerge(avg) AS avg, maxMerge(max) AS max
 FROM {DB}.rollups_1m
-WHERE name = '${{meter}}' AND resource_id = '${{resource}}' AND $__timeFilter(bucket)
+WHERE name = {value('meter')} AND resource_id = {value('resource')} AND $__timeFilter(bucket)
 GROUP BY time
 ORDER BY time"""),
     panel("${meter} of ${resource}: statistics", f"""
 SELECT countMerge(count) AS count, minMerge(min) AS min, maxMerge(max) AS max, avgMerge(avg) AS avg,
        sumMerge(sum) AS sum, argMaxMerge(last) AS last
 FROM {DB}.rollups_1m
-WHERE name = '${{meter}}' AND resource_id = '${{resource}}' AND $__timeFilter(bucket)""", kind="stat"),
+WHERE name = {value('meter')} AND resource_id = {value('resource')} AND $__timeFilter(bucket)""", kind="stat"),
     panel("Raw samples", f"""
 SELECT timestamp, name, volume, unit, type, message_id
 FROM {DB}.samples FINAL
-WHERE name = '${{meter}}' AND resource_id = '${{resource}}' AND $__timeFilter(timestamp)
+WHERE name = {value('meter')} AND resource_id = {value('resource')} AND $__timeFilter(timestamp)
 ORDER BY timestamp_us DESC
 LIMIT 200""", kind="table"),
     panel("Resource metadata", f"""
 SELECT key, value, project_id, user_id, source, last_seen
 FROM {DB}.resources FINAL
 ARRAY JOIN metadata_keys AS key, metadata_values AS value
-WHERE resource_id = '${{resource}}'
+WHERE resource_id = {value('resource')}
 ORDER BY key""", kind="table"),
 ], [
     variable("meter", f"SELECT DISTINCT name FROM {DB}.rollups_1h ORDER BY name"),
     variable("project", f"SELECT DISTINCT project_id FROM {DB}.resources FINAL ORDER BY project_id"),
-    variable("resource", f"SELECT resource_id FROM {DB}.resources FINAL WHERE project_id = '${{project}}' "
+    variable("resource", f"SELECT resource_id FROM {DB}.resources FINAL WHERE project_id = {value('project')} "
                          "ORDER BY resource_id"),
 ])
 

@@ -1,4 +1,4 @@
-"""Grafana panel SQL, expanded as the grafana-clickhouse-datasource plugin (v4) does.
+r"""Grafana panel SQL, expanded as the grafana-clickhouse-datasource plugin (v4) does.
 
 Used by the tests to run every dashboard panel against ClickHouse, and by
 anyone who wants to see the SQL a panel sends. Macros (the plugin's
@@ -14,20 +14,66 @@ anyone who wants to see the SQL a panel sends. Macros (the plugin's
 ``$__conditionalAll(cond, $v)``  ``cond``, or ``1=1`` when ``$v`` is All
 ========================  ==========================================================
 
-Template variables (``$name``, ``${name}``, ``[[name]]``, ``${name:singlequote}``) are
-replaced by their value with quotes and backslashes escaped, as Grafana does for
-a single-value variable inside a quoted SQL string.
+Template variables (``$name``, ``${name}``, ``[[name]]``, ``${name:format}``) are
+replaced as Grafana's template service does for this plugin (its ``format``
+callback, and Grafana's format registry for an explicit format):
+
+======================  =====================================  ======================
+written                 single value ``v``                     multi-value ``[a, b]``
+======================  =====================================  ======================
+``${v}``                ``v`` as is: **no escaping at all**    ``'a','b'`` unescaped
+``${v:raw}``            ``v`` as is                            ``a,b``
+``${v:singlequote}``    ``'v'`` with ``'`` -> ``\'`` only       ``'a','b'``
+``${v:sqlstring}``      ``'v'`` with ``'`` -> ``''``             ``'a','b'``
+``${v:percentencode}``  ``v`` percent-encoded: only            ``{a,b}`` encoded
+                        ``A-Z a-z 0-9 - _ . ~`` stay
+======================  =====================================  ======================
+
+None of the quoting formats escapes the backslash, which ClickHouse string
+literals treat as an escape character: ``x\' OR 1=1 --`` under
+``singlequote`` becomes ``'x\\' OR 1=1 --'``, the string ``x\`` followed by SQL
+(checked on the 18.16 server in tests/integration/test_grafana.py), and
+systemd's cgroup names (``system-getty\x2d...``) change meaning. So the
+dashboards write every value variable as ``decodeURLComponent('${v:percentencode}')``:
+the literal holds nothing but ``A-Z a-z 0-9 - _ . ~ %``, and ClickHouse decodes the exact value.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
+def _quoted(values: Sequence[str], escape: Callable[[str], str], quote: str = "'") -> str:
+    return ",".join(f"{quote}{escape(v)}{quote}" for v in values)
+
+
+_FORMATS: dict[str, Callable[[str | Sequence[str], bool], str]] = {
+    "raw": lambda v, multi: ",".join(v) if multi else v,
+    "csv": lambda v, multi: ",".join(v) if multi else v,
+    "singlequote": lambda v, multi: _quoted(v if multi else [v], lambda x: x.replace("'", "\\'")),
+    "doublequote": lambda v, multi: _quoted(v if multi else [v], lambda x: x.replace('"', '\\"'), '"'),
+    "sqlstring": lambda v, multi: _quoted(v if multi else [v], lambda x: x.replace("'", "''").replace('"', '\\"')),
+    "percentencode": lambda v, multi: quote("{" + ",".join(v) + "}" if multi else v, safe=""),
+}
+
+
+def format_value(value: str | Sequence[str], fmt: str | None) -> str:
+    """A template variable's value as Grafana writes it into this plugin's SQL (table in the module docstring).
+
+    ``value``: a string (single value) or a list of strings (multi-value).
+
+    Raises:
+        ValueError: a format Grafana has but these tests do not model.
+    """
+    multi = not isinstance(value, str)
+    if fmt is None:  # the plugin's own format callback
+        return "'" + "','".join(value) + "'" if multi else value
+    if fmt not in _FORMATS:
+        raise ValueError(f"variable format {fmt!r} is not modelled (known: {', '.join(sorted(_FORMATS))})")
+    return _FORMATS[fmt](list(value) if multi else value, multi)
 
 
 def _args(text: str, start: int) -> tuple[list[str], int]:
@@ -55,15 +101,17 @@ def _args(text: str, start: int) -> tuple[list[str], int]:
 
 
 def expand(sql: str, start: datetime, end: datetime, interval_s: int,
-           variables: Mapping[str, str] | None = None) -> str:
+           variables: Mapping[str, str | Sequence[str]] | None = None) -> str:
     """``sql`` with the plugin's macros and the template ``variables`` expanded.
 
     Args:
         start, end: the dashboard's time range (aware datetimes; naive = UTC).
         interval_s: ``$__interval`` in seconds (>= 1).
+        variables: template variable values (a list for a multi-value variable), formatted by
+            :func:`format_value` exactly as Grafana would: unescaped unless the SQL asks for a format.
 
     Raises:
-        ValueError: an unknown ``$__`` macro or an unset template variable remains.
+        ValueError: an unknown ``$__`` macro, an unset template variable or an unmodelled format remains.
     """
     def secs(t: datetime) -> int:
         return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp())
@@ -78,8 +126,8 @@ def expand(sql: str, start: datetime, end: datetime, interval_s: int,
             return m.group(0)
         if name not in variables:
             raise ValueError(f"template variable {name!r} has no value")
-        value = _escape(str(variables[name]))
-        return f"'{value}'" if m.group("fmt") == "singlequote" else value
+        value = variables[name]
+        return format_value(value if isinstance(value, list | tuple) else str(value), m.group("fmt"))
 
     sql = re.sub(r"\$\{(?P<a>\w+)(?::(?P<fmt>\w+))?\}|\[\[(?P<b>\w+)\]\]|\$(?P<c>\w+)(?P<d>)", var, sql)
 

@@ -126,3 +126,57 @@ def test_every_panel_returns_rows_on_chdb(tmp_path):
         assert n >= 60
     finally:
         close_chdb()
+
+
+def rows_of(conn: Connection, sql: str) -> list[tuple]:
+    """Rows of ``sql`` sent as is (``execute`` would %-format it, and percent-encoded values hold '%')."""
+    return conn.execute_with_names(sql)[1]
+
+
+EVIL_RESOURCE = "evil'\\x2d\\' OR 1=1 --"  # a quote, a systemd-style \x2d, and a backslash before a quote
+EVIL_PROJECT = "p'q\\"
+
+
+def test_a_resource_id_with_quotes_and_backslashes_works_end_to_end_and_cannot_inject(pipeline):
+    """The resource dashboard, with Grafana's exact variable expansion, selects exactly the rows of a resource
+    whose id would break (or inject into) a quoted literal; a raw '${resource}' fails, and Grafana's
+    singlequote format would run injected SQL on ClickHouse (why the dashboards percent-encode)."""
+    conn = ServerConnection(pipeline.settings.clickhouse.url)
+    try:
+        seed(conn, pipeline.settings.clickhouse)
+        now_us = time.time_ns() // 1000
+        sink = ClickHouseSink(pipeline.settings.clickhouse, connection=conn)
+        evil = [make_test_sample(name="cpu_util", unit="%", resource_id=EVIL_RESOURCE, project_id=EVIL_PROJECT,
+                                 volume=float(i), timestamp=now_us - i * 30_000_000,
+                                 resource_metadata={"kind": "cgroup", "path": EVIL_RESOURCE})
+                for i in range(7)]
+        sink.add(evil)
+        sink.flush()
+        start, end = datetime.now(UTC) - timedelta(hours=6), datetime.now(UTC) + timedelta(minutes=5)
+        dash = json.loads((DASHBOARDS / "resource.json").read_text())
+        variables = {"database": pipeline.db, "meter": "cpu_util", "project": EVIL_PROJECT}
+        [(_, resource_query)] = [(n, q) for n, q in variable_queries(dash) if n == "resource"]
+        assert [r[0] for r in rows_of(conn, expand(resource_query, start, end, 60, variables))] == [EVIL_RESOURCE]
+        variables["resource"] = EVIL_RESOURCE
+        by_title = {title: sql for title, _kind, sql in panels(dash)}
+        rows = rows_of(conn, expand(by_title["Raw samples"], start, end, 60, variables))
+        assert sorted(r[2] for r in rows) == [float(i) for i in range(7)]  # its 7 samples, nobody else's
+        [(count, lo, hi, *_)] = rows_of(conn, expand(by_title["${meter} of ${resource}: statistics"], start, end, 60,
+                                                     variables))
+        assert (count, lo, hi) == (7, 0.0, 6.0)
+        metadata = dict((k, v) for k, v, *_ in rows_of(conn, expand(by_title["Resource metadata"], start, end, 60,
+                                                                    variables)))
+        assert metadata["path"] == EVIL_RESOURCE
+        assert rows_of(conn, expand(by_title["${meter} of ${resource}: min / avg / max"], start, end, 60, variables))
+
+        # A raw '${resource}' (what the dashboards had) breaks on this id: the test would fail.
+        raw = by_title["Raw samples"].replace("decodeURLComponent('${resource:percentencode}')", "'${resource}'")
+        with pytest.raises(Exception, match="Syntax error"):
+            rows_of(conn, expand(raw, start, end, 60, variables))
+        # Grafana's singlequote escapes the quote but not the backslash: ClickHouse then runs injected SQL.
+        injected = expand(f"SELECT count() FROM {pipeline.db}.samples WHERE resource_id = ${{resource:singlequote}}",
+                          start, end, 60, {"resource": "x\\' OR 1=1 --"})
+        [(n,)] = rows_of(conn, injected + "\n")
+        assert n > 7  # every row of the table, not the zero rows of resource "x\' OR 1=1 --"
+    finally:
+        conn.close()
