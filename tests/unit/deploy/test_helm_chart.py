@@ -30,7 +30,7 @@ GRAFANA = ROOT / "deploy" / "grafana"
 KUBE_VERSION = "1.37"  # the newest schemas kubernetes-validate bundles; checked below
 RELEASE, NAMESPACE = "metering", "streams"
 
-ZK = {"zookeeper": {"hosts": "zk-0.zk:2181,zk-1.zk:2181"}}
+ZK = {"zookeeper": {"hosts": "zk-0.zk:2181,zk-1.zk:2181", "username": "streams", "password": "zk-s3cret"}}
 COMBOS: dict[str, dict] = {
     "defaults": {},
     "replicas": {**ZK, "centralPoller": {"replicas": 3}, "processor": {"replicas": 6},
@@ -231,6 +231,9 @@ def test_rendered_config_loads_with_the_project_loaders(rendered, tmp_path, monk
                 assert s.clickhouse.database in ("streams", "metering")
             if values.get("zookeeper"):
                 assert s.coordination.hosts == values["zookeeper"]["hosts"]
+                zk = values["zookeeper"]  # digest credentials: user in streams.yaml, password from the Secret
+                assert (s.coordination.username, s.coordination.password.get_secret_value()) == (
+                    zk["username"], zk["password"])
 
 
 def test_hook_job_uses_the_same_config(chart):

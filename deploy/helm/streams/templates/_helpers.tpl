@@ -76,6 +76,7 @@ Workloads read ports back from this document, so probes and settings cannot disa
 {{- end }}
 {{- $coordination := dict "root" $v.zookeeper.root }}
 {{- with $v.zookeeper.hosts }}{{ $_ := set $coordination "hosts" . }}{{ end }}
+{{- with $v.zookeeper.username }}{{ $_ := set $coordination "username" . }}{{ end }}
 {{- $base := dict "kafka" $kafka "coordination" $coordination }}
 {{- with $v.signing.active }}{{ $_ := set $base "signing" (dict "active" .) }}{{ end }}
 {{- $settings := mergeOverwrite $base (deepCopy $v.config) }}
@@ -120,6 +121,11 @@ Credentials come from the Secret as STREAMS_<SECTION>__<KEY> variables, which ra
 - name: STREAMS_KAFKA__SASL_PASSWORD
   valueFrom:
     secretKeyRef: {name: {{ .secret | default $secret }}, key: kafka-sasl-password}
+{{- end }}
+{{- if $v.zookeeper.username }}
+- name: STREAMS_COORDINATION__PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ .secret | default $secret }}, key: zookeeper-password}
 {{- end }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
