@@ -197,6 +197,36 @@ def test_coordination_secure_migrates_open_znodes_idempotently(pipeline, identit
     assert r.returncode == 1 and "coordination.username and coordination.password are not set" in r.stderr
 
 
+def test_an_agent_started_while_zookeeper_is_down_stops_once_it_is_refused(pipeline, services, tmp_path):
+    """Access is checked when the session first comes up, not only at start: an agent with a wrong
+    password keeps polling through an outage, then stops with the error when ZooKeeper refuses it."""
+    zk = PrivateZooKeeper(tmp_path / "zk", free_port())
+    zk.start()
+    owner = CoordinationSettings(hosts=zk.address, root="/late", username="streams", password="right")
+    client = connect(owner)
+    client.ensure_path("/late/groups")
+    client.stop()
+    client.close()
+    zk.stop()
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    polling = pipeline.tmp / "zk.yaml"
+    polling.write_text("sources:\n  - {name: zk, interval: 1, meters: ['zookeeper.*'], pollsters: {zookeeper: {}},\n"
+                       f"     resources: [{{id: zk, metadata: {{address: '{services['zookeeper']}'}}}}]}}\n")
+    agent = pipeline.spawn("poll", "--agent", "central", "--polling", str(polling),
+                           STREAMS_COORDINATION__HOSTS=zk.address, STREAMS_COORDINATION__ROOT="/late",
+                           STREAMS_COORDINATION__USERNAME="streams", STREAMS_COORDINATION__PASSWORD=wrong,
+                           STREAMS_COORDINATION__CONNECT_TIMEOUT="2")
+    try:
+        agent.wait_ready()  # polling without ZooKeeper
+        zk.start()
+        wait_for(lambda: agent.proc.poll() is not None, 60, "the agent to stop once ZooKeeper refuses it")
+        assert agent.proc.returncode != 0
+        log = agent.log_path.read_text()
+        assert "denied user 'streams' access to /late" in log and wrong not in log
+    finally:
+        zk.stop()
+
+
 # --------------------------------------------------------------------------- TLS (private ZooKeeper)
 
 
