@@ -164,29 +164,35 @@ class SigningSettings(_Section):
         "alarms topic this key alone: it verifies alarms and cannot sign samples.")
 
     def keyring(self) -> Keyring:
-        """Build the keyring.
+        """The keyring of sample batches: ``active`` signs, every key verifies except ``alarm_active``
+        when that is a key of its own (a subscriber given the alarm key must not sign samples).
 
         Raises:
             ConfigError: no keys, empty secret, or unknown active key.
         """
         keys = {k: v.get_secret_value().encode() for k, v in self.keys.items()}
         active = self.active or (next(iter(keys)) if len(keys) == 1 else "")
+        if self.alarm_active and self.alarm_active != active:
+            keys.pop(self.alarm_active, None)
         try:
             return Keyring(keys, active)
         except SigningError as exc:
             raise ConfigError(f"signing: {exc} (set signing.keys in the config file or STREAMS_SIGNING__KEYS)") from exc
 
     def alarm_keyring(self) -> Keyring:
-        """The keyring whose active key signs alarm records (``alarm_active``, default ``active``).
+        """The keyring of alarm records: ``alarm_active`` alone signs and verifies them; without
+        ``alarm_active``, the sample keyring (then the alarm key is a sample key too).
 
         Raises:
             ConfigError: as :meth:`keyring`, or ``alarm_active`` is not a key id.
         """
-        ring = self.keyring()
         if not self.alarm_active:
-            return ring
+            return self.keyring()
+        secret = self.keys.get(self.alarm_active)
+        if secret is None:
+            raise ConfigError(f"signing.alarm_active: {self.alarm_active!r} is not one of {sorted(self.keys)}")
         try:
-            return Keyring(ring.keys, self.alarm_active)
+            return Keyring({self.alarm_active: secret.get_secret_value().encode()}, self.alarm_active)
         except SigningError as exc:
             raise ConfigError(f"signing.alarm_active: {exc}") from exc
 

@@ -123,7 +123,7 @@ class NotifierService(Service):
         super().__init__(**kwargs)
         self.settings = settings
         k, n = settings.kafka, settings.notifier
-        self.codec = AlarmRecordCodec(settings.signing.keyring())
+        self.codec = AlarmRecordCodec(settings.signing.alarm_keyring())
         self.consumer = Consumer({
             **k.client_config(),
             "group.id": n.group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",

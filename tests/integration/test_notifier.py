@@ -98,7 +98,11 @@ def test_webhook_safety_and_a_hanging_webhook_delays_no_other_alarm(pipeline):
         ("secret", [secret_url]),
     ]
     producer = Producer({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
-    for alarm_id, actions in records:
+    (slow, slow_actions), others = records[0], records[1:]
+    producer.produce(alarms, key=slow.encode(), value=codec.encode(event(slow, slow_actions)))
+    assert producer.flush(30) == 0
+    wait_for(lambda: rx.hanging == 1, 30, "the slow webhook's request hanging")
+    for alarm_id, actions in others:
         producer.produce(alarms, key=alarm_id.encode(), value=codec.encode(event(alarm_id, actions)))
     assert producer.flush(30) == 0
 

@@ -83,3 +83,24 @@ def test_clickhouse_url_parts():
     s = load_settings(clickhouse={"url": "clickhouse://u%40x:p%2Fw@db.example:9440/metrics"})
     assert s.clickhouse.database == "metrics"
     assert s.clickhouse.client_kwargs() == {"host": "db.example", "port": 9440, "user": "u@x", "password": "p/w"}
+
+
+def test_the_alarm_key_verifies_alarms_only():
+    from streams.alarms.records import AlarmRecordCodec
+    from streams.codec import BatchCodec, RejectedMessage
+    from streams.config import SigningSettings
+    from tests.conftest import make_test_sample
+
+    s = SigningSettings(keys={"poll": "poller-secret", "alarm": "alarm-secret"}, active="poll", alarm_active="alarm")
+    assert set(s.keyring().keys) == {"poll"} and s.keyring().active == "poll"
+    assert set(s.alarm_keyring().keys) == {"alarm"}
+    forged = BatchCodec(s.alarm_keyring()).encode([make_test_sample()])  # a subscriber signing a sample
+    with pytest.raises(RejectedMessage, match="unknown_key"):
+        BatchCodec(s.keyring()).decode(forged)
+    with pytest.raises(RejectedMessage, match="unknown_key"):  # and a poller key cannot sign alarms
+        AlarmRecordCodec(s.alarm_keyring()).decode(AlarmRecordCodec(s.keyring()).encode({
+            "event_id": "e", "alarm_id": "a", "alarm_name": "n", "type": "threshold", "severity": "low",
+            "resource_id": "r", "previous": "ok", "current": "alarm", "transition": True, "reason": "x",
+            "reason_data": "{}", "actions": [], "timestamp": 1}))
+    unset = SigningSettings(keys={"k": "secret"})
+    assert unset.alarm_keyring().keys == unset.keyring().keys
