@@ -239,6 +239,7 @@ def process(c: _Ctx) -> None:
 
 from streams.alarms.commands import alarm, notify  # noqa: E402
 from streams.coordination.commands import coordination, hooks  # noqa: E402
+from streams.checks import check, wait  # noqa: E402
 from streams.demo import demo  # noqa: E402  (commands defined in their own modules)
 from streams.devenv import dev  # noqa: E402
 from streams.storage.commands import query  # noqa: E402
@@ -250,6 +251,8 @@ cli.add_command(alarm)
 cli.add_command(notify)
 cli.add_command(coordination)
 cli.add_command(hooks)
+cli.add_command(wait)
+cli.add_command(check)
 
 
 def main() -> None:

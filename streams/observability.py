@@ -90,6 +90,10 @@ EDGE_HOOK_DROPPED = Counter(
 EDGE_HOOK_CONFIG_ERRORS = Counter(
     "streams_edge_hook_config_errors_total", "Edge-hook documents rejected (the previous hooks stayed)."
 )
+REGISTRY_LAST_REPORT = Gauge(
+    "streams_registry_last_report_timestamp_seconds",
+    "Unix time of this process's last successful report to the live-service registry.", ["binary"]
+)
 
 
 class MetricsServer(Service):

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from streams.alarms.evaluator import STATE_KEY, AlarmEvent, AlarmSet, advance, due, observe
 from streams.alarms.records import AlarmRecordCodec
@@ -43,6 +43,7 @@ ALARM_EVENTS = Counter("streams_alarm_events_total", "Alarm events produced to t
 ALARMS_DISABLED = Counter("streams_alarms_disabled_total", "Alarms disabled because their evaluation raised.")
 ALARM_EVALUATIONS = Counter("streams_alarm_evaluations_total",
                             "Alarm evaluation passes (records and timer runs that advanced alarm windows).")
+ALARM_DEFINITIONS = Gauge("streams_alarm_definitions", "Alarm definitions loaded from ZooKeeper.")
 
 HISTORY_COLUMNS = ("event_id", "alarm_id", "alarm_name", "type", "severity", "project_id", "resource_id",
                    "previous_state", "state", "reason", "reason_data", "timestamp_us")
@@ -214,6 +215,7 @@ def create_alarm_stage(settings: Settings, app) -> AlarmStage | None:
     from streams.alarms.definitions import AlarmWatcher
     from streams.coordination.session import ZooKeeperSession
 
-    watcher = AlarmWatcher(ZooKeeperSession(settings.coordination))
+    watcher = AlarmWatcher(ZooKeeperSession(settings.coordination),
+                           on_change=lambda alarms: ALARM_DEFINITIONS.set(len(alarms.by_id)))
     app.add_dependency(watcher)
     return AlarmStage(settings, lambda: watcher.alarms, watcher.disable)

@@ -33,6 +33,7 @@ from mode import Service
 from streams.config import CoordinationSettings
 from streams.coordination.membership import default_member_id
 from streams.coordination.session import ZooKeeperSession
+from streams.observability import REGISTRY_LAST_REPORT
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ class ServiceRegistration(Service):
 
     def report(self) -> bool:
         """Blocking: write (or create) the znode; False when ZooKeeper is unavailable."""
-        data = json.dumps(self.record()).encode()
+        record = self.record()
+        data = json.dumps(record).encode()
         try:
             try:
                 self.session.call("set", self.path, data)
@@ -82,6 +84,7 @@ class ServiceRegistration(Service):
                 except NodeExistsError:
                     self.session.call("set", self.path, data)
             self.reports += 1
+            REGISTRY_LAST_REPORT.labels(binary=self.binary).set(record["last_report"])
             return True
         except (KazooException, TimeoutError) as exc:
             log.debug("service report deferred: %r", exc)

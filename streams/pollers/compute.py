@@ -44,10 +44,15 @@ NET_OUT = Meter("network.outgoing.bytes", "cumulative", "B")
 
 NS = 1_000_000_000
 
+NODE_NAME_ENV = "NODE_NAME"
+"""Environment variable that names this host in resource ids when set. The Helm chart sets it to
+the Kubernetes node name (downward API ``spec.nodeName``), so a node's resource ids survive the
+agent pod's replacement, with or without ``hostNetwork``."""
+
 
 def hostname() -> str:
-    """This host's name, as used in resource ids."""
-    return socket.gethostname()
+    """This host's name, as used in resource ids: ``$NODE_NAME`` if set, else the hostname."""
+    return os.environ.get(NODE_NAME_ENV) or socket.gethostname()
 
 
 class _Utilisation:

@@ -37,8 +37,20 @@ app.kubernetes.io/component: {{ . }}
 {{- end }}
 {{- end }}
 
+{{/*
+The image: [registry/]repository, then @digest when image.digest is set (the tag is then
+ignored), else :tag (default: the chart's appVersion). global.imageRegistry replaces
+image.registry, for mirrors and air-gapped clusters.
+*/}}
 {{- define "streams.image" -}}
-{{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $i := .Values.image }}
+{{- $registry := ((.Values.global).imageRegistry) | default $i.registry }}
+{{- $name := ternary (printf "%s/%s" $registry $i.repository) $i.repository (ne $registry "") }}
+{{- if $i.digest }}
+{{- printf "%s@%s" $name $i.digest }}
+{{- else }}
+{{- printf "%s:%s" $name (default .Chart.AppVersion $i.tag) }}
+{{- end }}
 {{- end }}
 
 {{- define "streams.serviceAccountName" -}}
@@ -52,6 +64,11 @@ app.kubernetes.io/component: {{ . }}
 {{/* The Secret the workloads read: the operator's existingSecret or the chart's. */}}
 {{- define "streams.secretName" -}}
 {{- default (include "streams.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/* Namespace of the compute poller's objects (computePoller.namespace, default the release's). */}}
+{{- define "streams.computeNamespace" -}}
+{{- default .Release.Namespace .Values.computePoller.namespace }}
 {{- end }}
 
 {{/* Kafka security.protocol from the TLS and SASL values. */}}
@@ -93,78 +110,253 @@ Workloads read ports back from this document, so probes and settings cannot disa
 {{- toYaml (mergeOverwrite $settings $pinned) }}
 {{- end }}
 
+{{/* The files of the config ConfigMap, name -> text (streams.yaml, pipeline.yaml, polling files). */}}
+{{- define "streams.configFiles" -}}
+{{- $files := dict "streams.yaml" (include "streams.settings" .) }}
+{{- if .Values.pipeline }}
+{{- $_ := set $files "pipeline.yaml" (toYaml .Values.pipeline) }}
+{{- end }}
+{{- if .Values.computePoller.enabled }}
+{{- $_ := set $files "polling-compute.yaml" (tpl (toYaml .Values.computePoller.polling) .) }}
+{{- end }}
+{{- if .Values.centralPoller.enabled }}
+{{- $_ := set $files "polling-central.yaml" (tpl (toYaml .Values.centralPoller.polling) .) }}
+{{- end }}
+{{- toYaml $files }}
+{{- end }}
+
 {{/*
-Environment of a container; call with (dict "ctx" $ "signing" bool "clickhouse" bool).
-Credentials come from the Secret as STREAMS_<SECTION>__<KEY> variables, which rank above streams.yaml.
+What each component is, in one table: its values key, the arguments of `streams`, the settings
+section holding its metrics port, the streams.yaml sections and config files it reads (its config
+checksum covers only those, so an edit rolls only the workloads it concerns), the Secret keys it
+reads (as STREAMS_* variables; its secret checksum covers only those) and its registry binary.
+A new service is one more entry here and one template calling "streams.deployment".
+Sections not named in "streams.knownSections" (e.g. a new service's) count for every component.
+*/}}
+{{- define "streams.components" -}}
+compute-poller:
+  values: computePoller
+  container: poller
+  args: [poll, --agent, compute, --polling, /etc/streams/polling-compute.yaml]
+  portSection: poller
+  sections: [kafka, signing, poller, coordination]
+  files: [streams.yaml, polling-compute.yaml]
+  secretKeys: [signing-keys]
+  registry: streams-poll-compute
+central-poller:
+  values: centralPoller
+  container: poller
+  args: [poll, --agent, central, --polling, /etc/streams/polling-central.yaml]
+  portSection: poller
+  sections: [kafka, signing, poller, coordination]
+  files: [streams.yaml, polling-central.yaml]
+  secretKeys: [signing-keys]
+  registry: streams-poll-central
+processor:
+  values: processor
+  container: processor
+  args: [process]
+  portSection: processor
+  sections: [kafka, clickhouse, signing, processor, coordination, alarms]
+  files: [streams.yaml, pipeline.yaml]
+  secretKeys: [signing-keys, clickhouse-url]
+  registry: streams-process
+notifier:
+  values: notifier
+  container: notifier
+  args: [notify]
+  portSection: notifier
+  sections: [kafka, notifier]
+  files: [streams.yaml]
+  secretKeys: []
+migrations:
+  values: migrations
+  sections: [kafka, clickhouse, coordination, processor]
+  files: [streams.yaml]
+  secretKeys: [clickhouse-url, clickhouse-readonly-password]
+{{- end }}
+
+{{- define "streams.knownSections" -}}
+[kafka, clickhouse, signing, poller, processor, coordination, alarms, notifier]
+{{- end }}
+
+{{/* The environment variable each Secret key becomes (they rank above streams.yaml). */}}
+{{- define "streams.secretEnv" -}}
+signing-keys: STREAMS_SIGNING__KEYS
+clickhouse-url: STREAMS_CLICKHOUSE__URL
+clickhouse-readonly-password: STREAMS_CLICKHOUSE__READONLY_PASSWORD
+kafka-sasl-password: STREAMS_KAFKA__SASL_PASSWORD
+zookeeper-password: STREAMS_COORDINATION__PASSWORD
+{{- end }}
+
+{{/* Secret keys a component reads: its own, the SASL password when SASL is on, and the ZooKeeper
+digest password when zookeeper.username is set and the component reads `coordination`. */}}
+{{- define "streams.componentSecretKeys" -}}
+{{- $spec := index (include "streams.components" .ctx | fromYaml) .component }}
+{{- $keys := $spec.secretKeys | default list }}
+{{- if .ctx.Values.kafka.sasl.mechanism }}{{ $keys = append $keys "kafka-sasl-password" }}{{ end }}
+{{- if and .ctx.Values.zookeeper.username (has "coordination" $spec.sections) }}{{ $keys = append $keys "zookeeper-password" }}{{ end }}
+{{- toJson $keys }}
+{{- end }}
+
+{{/*
+Signing keys of the chart's Secret; call with (dict "ctx" $ "online" bool "installed" map), where
+"installed" is the data of the installed Secret (base64 values) and "online" says whether `lookup`
+reached a cluster. Given keys win; else the installed Secret's keys are kept; else, on a real
+install, one key is generated; offline (helm template, --dry-run, Argo CD) there is no way to
+know the installed key, and a new one on every render would break verification: fail.
+*/}}
+{{- define "streams.resolveSigningKeys" -}}
+{{- $v := .ctx.Values }}
+{{- if $v.signing.keys }}
+{{- toJson $v.signing.keys }}
+{{- else if index (.installed | default dict) "signing-keys" }}
+{{- index .installed "signing-keys" | b64dec }}
+{{- else if .online }}
+{{- toJson (dict "generated" (randAlphaNum 48)) }}
+{{- else }}
+{{- fail (printf "signing.keys is empty and secrets.existingSecret is not set, and the installed Secret %s/%s cannot be read: this render has no cluster to look it up (helm template, helm install --dry-run, Argo CD). A key generated here would change on every render, and records signed with the old one would be dead-lettered. Set signing.keys (e.g. --set-json 'signing.keys={\"2026-11\":\"<64 hex characters from openssl rand -hex 32>\"}') or create a Secret and set secrets.existingSecret." .ctx.Release.Namespace (include "streams.fullname" .ctx)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Data of the chart's Secret (key -> plain text), resolved once per render: every object that
+needs it (the Secret, the compute namespace's copy, the checksums) sees the same generated key.
+*/}}
+{{- define "streams.secretData" -}}
+{{- if not (hasKey .Values "__streamsSecretData") }}
+{{- $installed := dict }}
+{{- $probe := lookup "v1" "ConfigMap" .Release.Namespace "" }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "streams.fullname" .) }}
+{{- if $secret }}{{ $installed = $secret.data | default dict }}{{ end }}
+{{- $keys := include "streams.resolveSigningKeys" (dict "ctx" . "online" (not (empty $probe)) "installed" $installed) }}
+{{- $data := dict "signing-keys" $keys "clickhouse-url" .Values.clickhouse.url
+      "clickhouse-readonly-password" .Values.clickhouse.readonlyPassword }}
+{{- if .Values.kafka.sasl.mechanism }}
+{{- $_ := set $data "kafka-sasl-password" .Values.kafka.sasl.password }}
+{{- end }}
+{{- if .Values.zookeeper.username }}
+{{- $_ := set $data "zookeeper-password" .Values.zookeeper.password }}
+{{- end }}
+{{- $_ := set .Values "__streamsSecretData" $data }}
+{{- end }}
+{{- toYaml (get .Values "__streamsSecretData") }}
+{{- end }}
+
+{{/*
+Pod annotations checksum/config and checksum/secret of one component; call with
+(dict "ctx" $ "component" name). The config checksum covers the streams.yaml sections and files
+the component reads; the secret checksum the Secret keys it reads (with secrets.existingSecret:
+the installed Secret's values when `lookup` can read them, else its name only).
+*/}}
+{{- define "streams.checksums" -}}
+{{- $ctx := .ctx }}
+{{- $spec := index (include "streams.components" $ctx | fromYaml) .component }}
+{{- $settings := include "streams.settings" $ctx | fromYaml }}
+{{- $known := include "streams.knownSections" $ctx | fromYamlArray }}
+{{- $picked := dict }}
+{{- range $k, $v := $settings }}
+{{- if or (has $k $spec.sections) (not (has $k $known)) }}{{ $_ := set $picked $k $v }}{{ end }}
+{{- end }}
+{{- $files := include "streams.configFiles" $ctx | fromYaml }}
+{{- $text := list (toJson $picked) }}
+{{- range $spec.files }}{{ if ne . "streams.yaml" }}{{ $text = append $text (index $files . | default "") }}{{ end }}{{ end }}
+{{- $keys := include "streams.componentSecretKeys" . | fromJsonArray }}
+{{- $secret := dict }}
+{{- if $ctx.Values.secrets.existingSecret }}
+{{- $installed := lookup "v1" "Secret" (.namespace | default $ctx.Release.Namespace) $ctx.Values.secrets.existingSecret }}
+{{- $_ := set $secret "existingSecret" $ctx.Values.secrets.existingSecret }}
+{{- range $keys }}{{ $_ := set $secret . (index (($installed).data | default dict) . | default "") }}{{ end }}
+{{- else }}
+{{- $data := include "streams.secretData" $ctx | fromYaml }}
+{{- range $keys }}{{ $_ := set $secret . (index $data . | default "") }}{{ end }}
+{{- end }}
+checksum/config: {{ join "\n---\n" $text | sha256sum }}
+checksum/secret: {{ toJson $secret | sha256sum }}
+{{- end }}
+
+{{/*
+Environment of a container; call with (dict "ctx" $ "component" name "secret" name "extra" list).
+Credentials come from the Secret as STREAMS_<SECTION>__<KEY> variables, which rank above
+streams.yaml; then `extra` (the workload's own variables), extraEnv and <component>.extraEnv.
 */}}
 {{- define "streams.env" -}}
 {{- $v := .ctx.Values }}
-{{- $secret := include "streams.secretName" .ctx -}}
+{{- $secret := .secret | default (include "streams.secretName" .ctx) }}
+{{- $names := include "streams.secretEnv" .ctx | fromYaml -}}
 - name: STREAMS_CONFIG
   value: /etc/streams/streams.yaml
-{{- if .signing }}
-- name: STREAMS_SIGNING__KEYS
+{{- range include "streams.componentSecretKeys" . | fromJsonArray }}
+- name: {{ index $names . }}
   valueFrom:
-    secretKeyRef: {name: {{ $secret }}, key: signing-keys}
+    secretKeyRef: {name: {{ $secret }}, key: {{ . }}{{ if eq . "clickhouse-readonly-password" }}, optional: true{{ end }}}
 {{- end }}
-{{- if .clickhouse }}
-- name: STREAMS_CLICKHOUSE__URL
-  valueFrom:
-    secretKeyRef: {name: {{ .secret | default $secret }}, key: clickhouse-url}
+{{- with $v.kafka.sasl.mechanism }}
+# KEDA's TriggerAuthentication reads the SASL user name from here.
+- name: STREAMS_KAFKA__SASL_USERNAME
+  value: {{ $v.kafka.sasl.username | quote }}
 {{- end }}
-{{- if .readonly }}
-- name: STREAMS_CLICKHOUSE__READONLY_PASSWORD
-  valueFrom:
-    secretKeyRef: {name: {{ .secret | default $secret }}, key: clickhouse-readonly-password, optional: true}
-{{- end }}
-{{- if $v.kafka.sasl.mechanism }}
-- name: STREAMS_KAFKA__SASL_PASSWORD
-  valueFrom:
-    secretKeyRef: {name: {{ .secret | default $secret }}, key: kafka-sasl-password}
-{{- end }}
-{{- if $v.zookeeper.username }}
-- name: STREAMS_COORDINATION__PASSWORD
-  valueFrom:
-    secretKeyRef: {name: {{ .secret | default $secret }}, key: zookeeper-password}
+{{- with .extra }}
+{{ toYaml . }}
 {{- end }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
-{{- with .extra }}
+{{- with (.values).extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* envFrom of a container: extraEnvFrom, then <component>.extraEnvFrom. */}}
+{{- define "streams.envFrom" -}}
+{{- $all := concat (.ctx.Values.extraEnvFrom | default list) ((.values).extraEnvFrom | default list) }}
+{{- with $all }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
 
 {{/* Volume mounts shared by every container: config, /tmp, Kafka TLS files. The TLS Secrets are
 not mounted below /etc/streams: a configMap volume is read-only, so the kubelet could not create
-mount points inside it. */}}
+mount points inside it. Then `extra`, extraVolumeMounts and <component>.extraVolumeMounts. */}}
 {{- define "streams.volumeMounts" -}}
+{{- $v := .ctx.Values -}}
 - name: config
   mountPath: /etc/streams
   readOnly: true
 - name: tmp
   mountPath: /tmp
-{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.caSecret }}
+{{- if and $v.kafka.tls.enabled $v.kafka.tls.caSecret }}
 - name: kafka-ca
   mountPath: /etc/kafka-tls/ca
   readOnly: true
 {{- end }}
-{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.clientSecret }}
+{{- if and $v.kafka.tls.enabled $v.kafka.tls.clientSecret }}
 - name: kafka-client
   mountPath: /etc/kafka-tls/client
   readOnly: true
 {{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- with $v.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- with (.values).extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
-{{/* The volumes behind streams.volumeMounts; call with (dict "ctx" $ "configMap" name). */}}
+{{/* The volumes behind streams.volumeMounts; call with (dict "ctx" $ "configMap" name "values" map "extra" list). */}}
 {{- define "streams.volumes" -}}
+{{- $v := .ctx.Values -}}
 - name: config
   configMap:
     name: {{ .configMap }}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
-{{- with .ctx.Values.kafka.tls }}
+{{- with $v.kafka.tls }}
 {{- if and .enabled .caSecret }}
 - name: kafka-ca
   secret:
@@ -179,19 +371,29 @@ mount points inside it. */}}
       - {key: {{ .clientKeyKey }}, path: tls.key}
 {{- end }}
 {{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- with $v.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- with (.values).extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
-{{/* HTTP probes on the metrics server; call with (dict "ctx" $). */}}
+{{/* HTTP probes on the metrics port: `probes`, with <component>.probes over it; call with (dict "ctx" $ "values" map). */}}
 {{- define "streams.probes" -}}
+{{- $p := mergeOverwrite (deepCopy .ctx.Values.probes) (deepCopy ((.values).probes | default dict)) -}}
 startupProbe:
   httpGet: {path: /healthz, port: metrics}
-  {{- toYaml .ctx.Values.probes.startup | nindent 2 }}
+  {{- toYaml $p.startup | nindent 2 }}
 livenessProbe:
   httpGet: {path: /healthz, port: metrics}
-  {{- toYaml .ctx.Values.probes.liveness | nindent 2 }}
+  {{- toYaml $p.liveness | nindent 2 }}
 readinessProbe:
   httpGet: {path: /readyz, port: metrics}
-  {{- toYaml .ctx.Values.probes.readiness | nindent 2 }}
+  {{- toYaml $p.readiness | nindent 2 }}
 {{- end }}
 
 {{/* Pod-level fields shared by every workload. */}}
@@ -206,20 +408,140 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 
-{{/* Pod annotations: roll the pods when their config or the chart's Secret changes. */}}
-{{- define "streams.podAnnotations" -}}
-checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-{{- with .Values.podAnnotations }}
+{{/* Pod labels: the component's labels, podLabels, <component>.podLabels. */}}
+{{- define "streams.podLabels" -}}
+{{- include "streams.labels" . }}
+{{- with .ctx.Values.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- with (.values).podLabels }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
 
-{{/* A metrics Service; call with (dict "ctx" $ "component" name "port" n). */}}
+{{/* Pod annotations: the component's checksums, podAnnotations, <component>.podAnnotations. */}}
+{{- define "streams.podAnnotations" -}}
+{{- include "streams.checksums" . | trim }}
+{{- with .ctx.Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- with (.values).podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pod template of a long-running component; call with a dict:
+  ctx, component (a key of "streams.components"), values (its values), port (metrics port),
+  env / volumes / volumeMounts (extra lists), podFields (extra pod spec fields),
+  configMap (default: the release's), secret (default: streams.secretName), nodeSelector (defaults).
+*/}}
+{{- define "streams.podTemplate" -}}
+{{- $ctx := .ctx }}
+{{- $c := .values }}
+{{- $spec := index (include "streams.components" $ctx | fromYaml) .component -}}
+metadata:
+  labels:
+    {{- include "streams.podLabels" . | nindent 4 }}
+  annotations:
+    {{- include "streams.podAnnotations" . | nindent 4 }}
+spec:
+  {{- include "streams.podSpecCommon" $ctx | nindent 2 }}
+  {{- with .podFields }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+  {{- with $c.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  containers:
+    - name: {{ $spec.container }}
+      image: {{ include "streams.image" $ctx }}
+      imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+      args: {{ toJson $spec.args }}
+      env:
+        {{- include "streams.env" (dict "ctx" $ctx "component" .component "values" $c "secret" .secret "extra" .env) | nindent 8 }}
+      {{- with include "streams.envFrom" (dict "ctx" $ctx "values" $c) | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
+      ports:
+        - name: metrics
+          containerPort: {{ .port }}
+          protocol: TCP
+      {{- include "streams.probes" (dict "ctx" $ctx "values" $c) | nindent 6 }}
+      resources:
+        {{- toYaml $c.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml (mergeOverwrite (deepCopy $ctx.Values.securityContext) ($c.securityContext | default dict)) | nindent 8 }}
+      volumeMounts:
+        {{- include "streams.volumeMounts" (dict "ctx" $ctx "values" $c "extra" .volumeMounts) | nindent 8 }}
+  volumes:
+    {{- include "streams.volumes" (dict "ctx" $ctx "values" $c "extra" .volumes "configMap" (.configMap | default (include "streams.fullname" $ctx))) | nindent 4 }}
+  {{- with mergeOverwrite (deepCopy (.nodeSelector | default dict)) ($c.nodeSelector | default dict) }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.topologySpreadConstraints }}
+  {{- $spread := list }}
+  {{- range . }}
+  {{- $spread = append $spread (merge (deepCopy .) (dict "labelSelector" (dict "matchLabels" (include "streams.selectorLabels" $ | fromYaml)))) }}
+  {{- end }}
+  topologySpreadConstraints:
+    {{- toYaml $spread | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+A long-running service: Deployment, metrics Service and PodDisruptionBudget; call with the dict
+of "streams.podTemplate" plus, optionally, replicas (omitted: left to an autoscaler), strategy
+and terminationGracePeriodSeconds (read from values).
+*/}}
+{{- define "streams.deployment" -}}
+{{- $ctx := .ctx }}
+{{- $c := .values -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "streams.fullname" $ctx }}-{{ .component }}
+  labels:
+    {{- include "streams.labels" . | nindent 4 }}
+spec:
+  {{- if hasKey . "replicas" }}
+  replicas: {{ .replicas }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "streams.selectorLabels" . | nindent 6 }}
+  {{- with .strategy }}
+  strategy:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  template:
+    {{- include "streams.podTemplate" . | nindent 4 }}
+---
+{{ include "streams.metricsService" . }}
+{{- if ($c.pdb).enabled }}
+---
+{{ include "streams.pdb" (dict "ctx" $ctx "component" .component "pdb" $c.pdb) }}
+{{- end }}
+{{- end }}
+
+{{/* A metrics Service; call with (dict "ctx" $ "component" name "port" n ["namespace" ns]). */}}
 {{- define "streams.metricsService" -}}
 apiVersion: v1
 kind: Service
 metadata:
   name: {{ include "streams.fullname" .ctx }}-{{ .component }}
+  {{- with .namespace }}
+  namespace: {{ . }}
+  {{- end }}
   labels:
     {{- include "streams.labels" . | nindent 4 }}
 spec:
