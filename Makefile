@@ -8,7 +8,7 @@ DEMO_CONFIG ?= etc/streams.dev.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap up down status demo test test-clock test-unit test-integration bench lint helm-lint clean
+.PHONY: help bootstrap up down status demo test test-clock test-unit test-integration bench lint helm-lint image-lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,11 @@ lint: bootstrap ## Static checks (ruff)
 
 helm-lint: bootstrap ## Render, lint and validate the Helm chart and check the image's wheel (no cluster needed)
 	@$(PY) -m pytest tests/unit/deploy -q $(PYTEST_ARGS)
+
+image-lock: bootstrap ## Regenerate requirements.lock, the image's pinned and hashed dependencies (uv, needs PyPI)
+	@$(PY) -m pip install -q uv
+	@printf 'setuptools>=68\nwheel\n' | $(VENV)/bin/uv pip compile pyproject.toml - --universal --python-version 3.11 \
+		--generate-hashes --custom-compile-command "make image-lock" -o requirements.lock
 
 clean: ## Stop services and delete .dev/ (data, logs)
 	-@$(STREAMS) dev down --purge 2>/dev/null
