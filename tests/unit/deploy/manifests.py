@@ -106,26 +106,3 @@ def container_env(container: dict, namespace: str, configmaps: dict[tuple[str, s
             continue
         env[e["name"]] = data[key_ref["key"]]
     return env
-
-
-def mounted_files(doc: dict, container: dict, configmaps: dict[tuple[str, str], dict[str, str]],
-                  secrets: dict[tuple[str, str], dict[str, str]], root: Path) -> dict[str, Path]:
-    """Write every ConfigMap and Secret volume ``container`` mounts under ``root`` (``root`` +
-    mount path); return mount path -> local directory. Items (``key`` -> ``path``) are honoured."""
-    volumes = {v["name"]: v for v in pod_spec(doc).get("volumes", [])}
-    ns = namespace_of(doc)
-    out = {}
-    for mount in container.get("volumeMounts", []):
-        volume = volumes[mount["name"]]
-        local = root / mount["mountPath"].lstrip("/")
-        local.mkdir(parents=True, exist_ok=True)
-        out[mount["mountPath"]] = local
-        if "configMap" in volume:
-            data, items = configmaps[(ns, volume["configMap"]["name"])], volume["configMap"].get("items")
-        elif "secret" in volume:
-            data, items = secrets[(ns, volume["secret"]["secretName"])], volume["secret"].get("items")
-        else:
-            continue  # emptyDir, hostPath: an empty directory stands in
-        for item in items or [{"key": k, "path": k} for k in data]:
-            (local / item["path"]).write_text(data[item["key"]])
-    return out

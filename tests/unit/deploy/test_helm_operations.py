@@ -360,11 +360,12 @@ def test_topology_spread_gets_the_component_selector(chart):
 
 def exported_metrics() -> set[str]:
     """Names the components export, as Prometheus sees them (counters with _total)."""
+    from prometheus_client import REGISTRY
+
     import streams.alarms.stage  # noqa: F401  (modules that define metrics)
     import streams.coordination.registry  # noqa: F401
     import streams.notifiers.service  # noqa: F401
     import streams.observability  # noqa: F401
-    from prometheus_client import REGISTRY
 
     names = set()
     for collector in list(REGISTRY._collector_to_names):
@@ -389,7 +390,7 @@ def test_prometheus_rule_alerts_on_metrics_that_exist(chart):
         assert r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"]
         assert r["expr"].count("(") == r["expr"].count(")") and r["expr"].count("{") == r["expr"].count("}")
     assert "kafka_consumergroup_lag" in rules["StreamsConsumerLagGrowing"]["expr"]
-    assert 'outcome="dead_letter"' in rules["StreamsNotifierDeadLetters"]["expr"]
+    assert "streams_notifier_dead_letters_total" in rules["StreamsNotifierDeadLetters"]["expr"]
     # Without ZooKeeper there is no registry to count against.
     docs = render(chart, merged(KEYS, {"metrics": {"prometheusRule": {"enabled": True}}}))
     (rule,) = by_kind(docs, "PrometheusRule").values()
