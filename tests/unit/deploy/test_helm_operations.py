@@ -87,7 +87,7 @@ def env_of(container: dict) -> dict[str, dict]:
     ({"config": {"kafka": {"session_timeout_ms": 10000}}}, set(ROLLING)),
     ({"config": {"log_level": "DEBUG"}}, set(ROLLING)),
     ({"config": {"api": {"port": 8042}}}, set(ROLLING)),  # a section the chart does not know: everyone
-    ({"signing": {"active": "2026-11"}}, {"compute-poller", "central-poller", "processor"}),
+    ({"signing": {"active": "2026-11"}}, set(ROLLING)),  # the notifier verifies signed alarm records
 ])
 def test_a_config_edit_rolls_only_the_workloads_that_read_it(chart, change, rolls):
     base = merged(KEYS, ZK)
@@ -98,8 +98,7 @@ def test_a_config_edit_rolls_only_the_workloads_that_read_it(chart, change, roll
 
 
 @pytest.mark.parametrize("change, rolls", [
-    ({"signing": {"keys": {"2026-12": "fedcba9876543210fedcba9876543210"}}},
-     {"compute-poller", "central-poller", "processor"}),
+    ({"signing": {"keys": {"2026-12": "fedcba9876543210fedcba9876543210"}}}, set(ROLLING)),
     ({"clickhouse": {"url": "clickhouse://streams:new-password@clickhouse:9000/streams"}}, {"processor"}),
     ({"kafka": {"sasl": {"password": "rotated"}}}, set(ROLLING)),
 ])
@@ -397,20 +396,30 @@ def test_prometheus_rule_alerts_on_metrics_that_exist(chart):
     assert "StreamsComputePollerMissing" not in {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
 
 
-def test_evaluator_and_registry_metrics_move():
+def test_alarm_definitions_gauge_follows_the_watcher(monkeypatch):
+    import streams.alarms.definitions as definitions
     from streams.alarms.evaluator import AlarmSet
-    from streams.alarms.stage import ALARM_DEFINITIONS, ALARM_SWEEPS, AlarmStage
+    from streams.alarms.stage import ALARM_DEFINITIONS, create_alarm_stage
     from streams.config import Settings
 
-    stage = AlarmStage(Settings(), lambda: AlarmSet())
-    before = ALARM_SWEEPS._value.get()
+    seen = {}
 
-    class Pending:
-        pending: dict = {}
+    class Watcher:  # the ZooKeeper watcher's callback contract, without ZooKeeper
+        def __init__(self, session, on_change=None, **kwargs):
+            seen["on_change"] = on_change
+            self.alarms = AlarmSet()
 
-    stage.close_windows({}, Pending(), {0}, 0)
-    assert ALARM_SWEEPS._value.get() == before + 1
-    ALARM_DEFINITIONS.set(2)
+        def disable(self, *args):
+            pass
+
+    class App:
+        def add_dependency(self, dep):
+            pass
+
+    monkeypatch.setattr(definitions, "AlarmWatcher", Watcher)
+    settings = Settings(coordination={"hosts": "zk:2181"}, signing={"keys": {"k": "secret-secret-secret"}})
+    assert create_alarm_stage(settings, App()) is not None
+    seen["on_change"](type("Alarms", (), {"by_id": {"a": 1, "b": 2}})())
     assert ALARM_DEFINITIONS._value.get() == 2
 
 

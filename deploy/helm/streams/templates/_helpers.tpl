@@ -166,9 +166,9 @@ notifier:
   container: notifier
   args: [notify]
   portSection: notifier
-  sections: [kafka, notifier]
+  sections: [kafka, notifier, signing]
   files: [streams.yaml]
-  secretKeys: []
+  secretKeys: [signing-keys]
 migrations:
   values: migrations
   sections: [kafka, clickhouse, coordination, processor]
