@@ -238,8 +238,8 @@ def process(c: _Ctx) -> None:
 
 
 from streams.alarms.commands import alarm, notify  # noqa: E402
-from streams.coordination.commands import coordination, hooks  # noqa: E402
 from streams.checks import check, wait  # noqa: E402
+from streams.coordination.commands import coordination, hooks  # noqa: E402
 from streams.demo import demo  # noqa: E402  (commands defined in their own modules)
 from streams.devenv import dev  # noqa: E402
 from streams.storage.commands import query  # noqa: E402

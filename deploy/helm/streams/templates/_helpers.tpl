@@ -190,12 +190,13 @@ zookeeper-password: STREAMS_COORDINATION__PASSWORD
 {{- end }}
 
 {{/* Secret keys a component reads: its own, the SASL password when SASL is on, and the ZooKeeper
-digest password when zookeeper.username is set and the component reads `coordination`. */}}
+digest password when zookeeper.username is set (streams.yaml then names the user, and the settings
+refuse a user without its password, whichever sections the component uses). */}}
 {{- define "streams.componentSecretKeys" -}}
 {{- $spec := index (include "streams.components" .ctx | fromYaml) .component }}
 {{- $keys := $spec.secretKeys | default list }}
 {{- if .ctx.Values.kafka.sasl.mechanism }}{{ $keys = append $keys "kafka-sasl-password" }}{{ end }}
-{{- if and .ctx.Values.zookeeper.username (has "coordination" $spec.sections) }}{{ $keys = append $keys "zookeeper-password" }}{{ end }}
+{{- if .ctx.Values.zookeeper.username }}{{ $keys = append $keys "zookeeper-password" }}{{ end }}
 {{- toJson $keys }}
 {{- end }}
 
