@@ -43,9 +43,16 @@ test-unit: bootstrap ## Unit tests only (no services)
 test-integration: up ## Integration tests only
 	@$(PY) -m pytest tests/integration -ra $(PYTEST_ARGS)
 
-bench: bootstrap ## Benchmarks; prints figures and writes bench/results.json
+bench: bootstrap .venv-quix/.installed ## Benchmarks; prints figures and writes bench/results.json
 	@$(STREAMS) dev up
 	@$(PY) bench/run.py
+
+# The Quix Streams yardstick runs in a venv of its own: quixstreams pins an older confluent-kafka.
+.venv-quix/.installed: pyproject.toml
+	@echo "bench: creating .venv-quix (Quix Streams 3.28 and this package)"
+	@python3 -m venv .venv-quix
+	@.venv-quix/bin/pip install --disable-pip-version-check -q -e . 'quixstreams==3.28.1'
+	@touch $@
 
 lint: bootstrap ## Static checks (ruff)
 	@$(VENV)/bin/ruff check streams tests bench
