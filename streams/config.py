@@ -222,7 +222,9 @@ class ProcessorSettings(_Section):
 
     app_id: str = Field("streams-processor", description="Faust app id = Kafka consumer group.")
     batch_size: int = Field(10_000, gt=0, description="Max Kafka records per sink batch.")
-    batch_timeout: float = Field(1.0, gt=0, description="Seconds to wait to fill a batch before flushing.")
+    batch_timeout: float = Field(
+        0.3, gt=0, description="Seconds the oldest record of a batch may wait for the batch to fill; the batch "
+        "is handed over at batch_size records, batch_max_bytes, or this age, whichever comes first.")
     data_dir: str = Field(".dev/faust", description="Faust data directory (tables' local state).")
     metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off.")
     pipeline: str | None = Field(
