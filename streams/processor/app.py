@@ -2,13 +2,14 @@
 :class:`~streams.processor.batch.BatchProcessor`.
 
 Faust owns the consumer group, the partitions, the state table and its
-recovery, and the worker's lifecycle. The agent takes batches of records
-(:func:`~streams.processor.take.take_batches`: at most ``batch_size``
-records or ``batch_max_bytes`` bytes, handed over once the oldest record
-has waited ``batch_timeout`` seconds; nothing is acknowledged until this
-code does it), lets the :class:`BatchProcessor` prepare batch N+1 while it
-stores batch N, and acknowledges a batch's records once it is stored. Faust
-commits acknowledged offsets only. The batch logic, its per-stage error
+recovery, the commit of acknowledged offsets, and the worker's lifecycle.
+The samples topic's records reach the agent a fetch at a time through an
+:class:`~streams.processor.intake.Intake`, not one by one through Faust's
+streams; the agent takes batches from it (at most ``batch_size`` records or
+``batch_max_bytes`` bytes, handed over once the oldest record has waited
+``batch_timeout`` seconds), lets the :class:`BatchProcessor` prepare batch
+N+1 while it stores batch N, and acknowledges a batch's records to Faust's
+consumer once it is stored. Faust commits acknowledged offsets only. The batch logic, its per-stage error
 policy and the delivery order are documented in :mod:`streams.processor.batch`.
 
 If storing fails for good (:class:`~streams.processor.batch.StoreUnavailable`),
@@ -44,11 +45,11 @@ from streams.observability import MetricsServer
 from streams.pipeline import Pipeline, load_pipeline
 from streams.processor import fastpath
 from streams.processor.batch import BatchProcessor, StoreUnavailable
+from streams.processor.intake import Intake
 from streams.processor.normalize import Normalizer
 from streams.processor.publishers import open_publisher
 from streams.processor.stages import RecordProcessor
 from streams.processor.state import ChangelogWriter, changelog_topic, create_state_table
-from streams.processor.take import take_batches
 from streams.topics import create_topics, describe_topics
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,14 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
         stages, pipeline, {}, table, ChangelogWriter(k, changelog_topic(p.app_id)), k.dlq_topic,
         alarm_stage=create_alarm_stage(settings, app),  # None unless alarms.enabled and coordination.hosts
         partitions=k.partitions, dlq_max_bytes=k.dlq_max_bytes)
+    intake = Intake(p.batch_size, p.batch_max_bytes, p.batch_timeout)
+    consumer = app.consumer
+    consumer.intake, consumer.intake_topics = intake, frozenset({k.samples_topic})
     joined = []
+
+    @app.on_partitions_revoked.connect
+    async def _on_revoked(sender: object, *args: object, **kwargs: object) -> None:
+        intake.clear()  # Faust seeks back to the committed offsets: what is queued comes again
 
     @app.on_partitions_assigned.connect
     async def _on_assigned(sender: object, *args: object, **kwargs: object) -> None:
@@ -165,16 +173,17 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
 
     @app.agent(samples_topic, name="process_samples")
     async def process_samples(stream: faust.StreamT) -> None:
+        # The stream itself stays empty: its records come through the intake (streams.processor.intake).
         processor.publishers = {url: open_publisher(url, settings, codec) for url in pipeline.publishers}
         sink = getattr(processor.publishers.get("clickhouse://"), "sink", None)
         processor.dead_letter_table = getattr(sink, "conn", None)
         # Two stages: batch N+1 is prepared while batch N is stored; a batch is acked only once stored.
-        async for events in take_batches(stream, p.batch_size, p.batch_max_bytes, p.batch_timeout):
-            batch = processor.prepare([e.message for e in events])
+        async for messages in intake.batches():
+            batch = processor.prepare(messages)
 
-            async def ack(events=events) -> None:
-                for event in events:
-                    await stream.ack(event)
+            async def ack(messages=messages) -> None:
+                for message in messages:
+                    consumer.ack(message)
 
             prev = submit(batch, ack)
             if prev is not None:

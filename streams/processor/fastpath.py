@@ -56,6 +56,7 @@ from typing import Any
 
 import faust
 from faust.sensors.monitor import Monitor
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as _aiokafka
 from mode.services import WaitResults
 
@@ -93,7 +94,78 @@ def _resume(coro: Any, pending: Any) -> Generator[Any, Any, Any]:
 
 
 class Consumer(_aiokafka.Consumer):
-    """aiokafka consumer whose record hand-off starts the callback eagerly (module docstring)."""
+    """aiokafka consumer whose record hand-off starts the callback eagerly (module docstring), and
+    whose records of ``intake_topics`` go to ``intake`` a fetch at a time (:mod:`streams.processor.intake`).
+    """
+
+    intake: Any = None  # streams.processor.intake.Intake, set by the processor before the worker starts
+    intake_topics: frozenset[str] = frozenset()
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - the fetcher's loop
+        """Faust's ``Consumer._drain_messages`` (same read-offset, gap and commit bookkeeping), except
+        that records of :attr:`intake_topics` are tracked and handed to :attr:`intake` as one chunk per
+        fetch instead of one callback each; a rebalance (the flow suspended) drops the chunk, which Faust's
+        seek to the committed offsets fetches again."""
+        if self.intake is None:
+            return await super()._drain_messages(fetcher)
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        track = self.track_message
+        intake, intake_topics = self.intake, self.intake_topics
+        inbound = self.app.monitor.stream_inbound_time
+        commit_every = self._commit_every
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                chunk: list[Any] = []
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is not None and offset < r_offset:
+                            continue  # before a seek: Faust drops these too
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        if tp.topic in intake_topics:
+                            track(message)
+                            chunk.append(message)
+                        else:
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                        set_read_offset(tp, offset)
+                    unset_flag(CONSUMER_FETCHING)
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                if chunk and not self.suspend_flow.is_set():
+                    now = monotonic()
+                    for tp in {m.tp for m in chunk}:
+                        inbound[tp] = now  # Faust's stalled-stream check reads it
+                    await self.wait_first(intake.put(chunk), self.suspend_flow.wait())
+                await asyncio.sleep(0)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if len(coros) == 2 and timeout is None and not self.suspend_flow.is_set():
