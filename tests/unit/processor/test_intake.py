@@ -53,7 +53,7 @@ def test_put_waits_while_twice_max_bytes_are_queued():
         blocked = asyncio.ensure_future(intake.put([M(b"z")]))
         await asyncio.sleep(0.05)
         assert not blocked.done()  # back-pressure on the fetcher
-        async for batch in intake.batches():
+        async for _ in intake.batches():
             break
         await asyncio.wait_for(blocked, 1)
         return len(intake)
