@@ -14,6 +14,7 @@ State shapes (times are integer microseconds since the epoch, UTC)::
             "project_id": ..., "user_id": ...,   # of the resource's latest matching sample
             "rules": [ {window_start_us (str): [count, sum, min, max, last, last_ts]}, ... ],  # per leaf
             "late": n,             # samples dropped because their window had been evaluated
+            "override": T,         # optional: timestamp of the alarm's state_override last adopted
         }, ...}
 
 Windows: leaf rule ``r`` puts a sample stamped ``ts`` in the window starting
@@ -43,6 +44,12 @@ Aodh semantics (``aodh/evaluator/threshold.py``, ``composite.py``,
   entered once, never repeated.
 * Outside every time constraint the alarm is not evaluated (the window
   still collects samples); disabled alarms are not evaluated.
+* A state set through the API (``AlarmDefinition.state_override``, Aodh's
+  ``PUT .../state``) is adopted by every resource state of the alarm that
+  existed when it was set, once (at the next :func:`advance`, without an
+  event: Aodh notifies no action for it either); boundaries up to the
+  override's time are then skipped, so every later transition is stamped
+  after it. A resource state created after the override starts as usual.
 """
 
 from __future__ import annotations
@@ -159,8 +166,26 @@ def _add(windows: dict[str, list], start: int, volume: float, ts: int) -> None:
 
 def _new_alarm_state(alarm: AlarmDefinition, fp: str, ts: int) -> dict[str, Any]:
     tick = alarm.tick_us
-    return {"state": UNKNOWN, "until": ts - ts % tick, "fp": fp, "project_id": None, "user_id": None,
-            "rules": [{} for _ in alarm.leaves()], "late": 0}
+    astate = {"state": UNKNOWN, "until": ts - ts % tick, "fp": fp, "project_id": None, "user_id": None,
+              "rules": [{} for _ in alarm.leaves()], "late": 0}
+    if alarm.state_override is not None:
+        astate["override"] = alarm.state_override.timestamp  # set before this state existed: not adopted
+    return astate
+
+
+def _override_pending(alarm: AlarmDefinition, astate: dict[str, Any]) -> bool:
+    override = alarm.state_override
+    return override is not None and astate.get("override", 0) < override.timestamp
+
+
+def _adopt_override(alarm: AlarmDefinition, astate: dict[str, Any], clock_us: int) -> None:
+    """Continue from the alarm's state_override; skip boundaries up to its time (at most ``clock_us``)."""
+    override = alarm.state_override
+    assert override is not None
+    astate["state"] = override.state
+    astate["override"] = override.timestamp
+    upto = min(override.timestamp, clock_us)
+    astate["until"] = max(astate["until"], upto - upto % alarm.tick_us)
 
 
 def _reconcile(alarm: AlarmDefinition, fp: str, astate: dict[str, Any]) -> None:
@@ -230,6 +255,8 @@ def due(alarms: AlarmSet, resource_state: dict[str, Any], clock_us: int, default
             return True
         if astate["until"] + alarm.tick_us <= clock_us - _grace_us(alarm, default_grace_us):
             return True
+        if _override_pending(alarm, astate):
+            return True
     return False
 
 
@@ -237,7 +264,8 @@ def advance(alarms: AlarmSet, resource_state: dict[str, Any], resource_id: str, 
             default_grace_us: int, on_error: Callable[[str, Exception], None] | None = None) -> list[AlarmEvent]:
     """Evaluate every boundary ``T`` with ``T + grace <= clock_us`` not yet evaluated, for each alarm.
 
-    Also drops the state of deleted alarms, prunes windows no evaluation can
+    First adopts the alarm's ``state_override`` where this state has not yet
+    (see the module docstring). Also drops the state of deleted alarms, prunes windows no evaluation can
     see again, and forgets an alarm's state for this resource once it is in
     insufficient data with no window left (it would restart identically).
 
@@ -275,6 +303,8 @@ def _advance_one(alarms: AlarmSet, alarm: AlarmDefinition, states: dict[str, Any
     alarm_id = alarm.alarm_id
     astate = states[alarm_id]
     _reconcile(alarm, alarms.fingerprints[alarm_id], astate)
+    if _override_pending(alarm, astate):
+        _adopt_override(alarm, astate, clock_us)
     tick = alarm.tick_us
     leaves = alarm.leaves()
     horizon = max((r.evaluation_periods + 1) * r.period_us for r in leaves)

@@ -216,6 +216,18 @@ class TimeConstraint(_Strict):
         return latest.timestamp() <= now.timestamp() <= latest.timestamp() + self.duration
 
 
+class StateOverride(_Strict):
+    """A state set by an operator (Aodh's ``PUT /v2/alarms/{id}/state``, ``streams api``).
+
+    The evaluator adopts it once per resource state of the alarm (the first
+    time it sees this ``timestamp``) and continues from it; see
+    :func:`streams.alarms.evaluator.advance`.
+    """
+
+    state: Literal["ok", "alarm", "insufficient data"]
+    timestamp: int = Field(gt=0, description="When it was set, µs since the epoch (UTC).")
+
+
 def _check_actions(v: list[str]) -> list[str]:
     for url in v:
         scheme = urlsplit(url).scheme
@@ -259,6 +271,11 @@ class AlarmDefinition(_Strict):
         None, max_length=2000,
         description="Why the processor disabled this alarm (its evaluation raised); cleared by an update that "
         "re-enables it. Shown by `streams alarm show` and `list`.")
+    state_override: StateOverride | None = Field(
+        None, description="State set through the API; every resource's evaluation continues from it.")
+    aodh: dict[str, Any] | None = Field(
+        None, description="The Aodh API document the alarm was made from (type, rule, timestamps), kept so that "
+        "the API returns what it was given (streams/api/mapping.py).")
 
     @field_validator("alarm_id")
     @classmethod

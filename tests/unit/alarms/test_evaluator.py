@@ -199,3 +199,79 @@ def test_samples_of_other_meters_or_resources_are_ignored():
     assert not observe(alarms, st, [sample(60, T0, resource_metadata={"kind": "process"})])
     assert observe(alarms, st, [sample(60, T0)])
     assert advance(alarms, st, "vm-1", T0 + P, 0)[0].current == ALARM
+
+
+# -- state overrides (Aodh's PUT .../state through streams api) ----------------------------------
+
+
+def overridden(alarm, state, ts):
+    return parse_alarm({**alarm.model_dump(mode="json", by_alias=True, exclude_none=True),
+                        "state_override": {"state": state, "timestamp": ts}})
+
+
+def test_override_is_adopted_once_by_every_existing_resource_state_and_evaluation_continues_from_it():
+    base = threshold(n=1)
+    alarms = AlarmSet([base])
+    states = {"vm-1": {}, "vm-2": {}}
+    for rid, state in states.items():  # both resources breach: alarm
+        observe(alarms, state, [sample(80, T0 + 1000, rid=rid)])
+        assert [e.current for e in advance(alarms, state, rid, T0 + P, 0)] == [ALARM]
+    # An operator sets ok at T0 + 1.5 P; both resources adopt it at their next advance, with no event.
+    ov = T0 + P + P // 2
+    alarms = AlarmSet([overridden(base, OK, ov)])
+    assert all(due(alarms, s, T0 + P + 1, 0) for s in states.values())
+    for rid, state in states.items():
+        assert advance(alarms, state, rid, T0 + P + P // 2 + 1, 0) == []
+        assert state[STATE_KEY]["a1"]["state"] == OK
+        assert state[STATE_KEY]["a1"]["override"] == ov
+        assert not due(alarms, state, T0 + P + P // 2 + 1, 0)
+    # Evaluation continues from ok: vm-1 keeps breaching -> ok -> alarm, stamped after the override.
+    observe(alarms, states["vm-1"], [sample(90, T0 + P + P // 2 + 2, rid="vm-1")])
+    events = advance(alarms, states["vm-1"], "vm-1", T0 + 2 * P, 0)
+    assert [(e.previous, e.current) for e in events] == [(OK, ALARM)]
+    assert events[0].timestamp_us > ov
+    # Seen once: the same override is not adopted again.
+    observe(alarms, states["vm-1"], [sample(95, T0 + 2 * P + 1, rid="vm-1")])
+    advance(alarms, states["vm-1"], "vm-1", T0 + 3 * P, 0)
+    assert states["vm-1"][STATE_KEY]["a1"]["state"] == ALARM
+
+
+def test_override_skips_boundaries_up_to_its_time_so_no_event_predates_it():
+    base = threshold(n=1)
+    state: dict = {}
+    observe(AlarmSet([base]), state, [sample(80, T0 + 1000)])
+    # Window [T0, T0+P) closed but not yet evaluated (grace) when the operator sets ok at T0 + P + 1.
+    alarms = AlarmSet([overridden(base, OK, T0 + P + 1)])
+    assert advance(alarms, state, "vm-1", T0 + P + 2, 0) == []  # boundary T0 + P <= override: skipped
+    assert state[STATE_KEY]["a1"]["state"] == OK
+    assert state[STATE_KEY]["a1"]["until"] == T0 + P
+
+
+def test_override_from_a_clock_ahead_never_moves_evaluation_past_the_resource_clock():
+    base = threshold(n=1)
+    state: dict = {}
+    observe(AlarmSet([base]), state, [sample(80, T0 + 1000)])
+    alarms = AlarmSet([overridden(base, ALARM, T0 + 1000 * P)])  # the API host's clock is far ahead
+    advance(alarms, state, "vm-1", T0 + 1000, 0)
+    assert state[STATE_KEY]["a1"]["state"] == ALARM
+    assert state[STATE_KEY]["a1"]["until"] == T0  # at most the resource's own clock
+
+
+def test_resource_state_created_after_the_override_starts_as_usual():
+    alarms = AlarmSet([overridden(threshold(n=1), ALARM, T0 - P)])
+    state: dict = {}
+    observe(alarms, state, [sample(10, T0 + 1000)])
+    events = advance(alarms, state, "vm-1", T0 + P, 0)
+    assert [(e.previous, e.current) for e in events] == [(UNKNOWN, OK)]
+    assert not due(alarms, state, T0 + P, 0)
+
+
+def test_a_newer_override_is_adopted_again():
+    base = threshold(n=1)
+    state: dict = {}
+    observe(AlarmSet([base]), state, [sample(80, T0 + 1000)])
+    advance(AlarmSet([base]), state, "vm-1", T0 + P, 0)
+    advance(AlarmSet([overridden(base, OK, T0 + P + 1)]), state, "vm-1", T0 + P + 2, 0)
+    assert state[STATE_KEY]["a1"]["state"] == OK
+    advance(AlarmSet([overridden(base, UNKNOWN, T0 + P + 3)]), state, "vm-1", T0 + P + 4, 0)
+    assert state[STATE_KEY]["a1"]["state"] == UNKNOWN
