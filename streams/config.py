@@ -370,6 +370,55 @@ class NotifierSettings(_Section):
         return v
 
 
+class ApiToken(_Section):
+    """One static token of ``api.auth: token``: the identity a request presenting it acts as."""
+
+    token: SecretStr = Field(description="The secret a client sends as X-Auth-Token (from a Secret in Kubernetes).")
+    user_id: str = Field(min_length=1, description="User the token acts as.")
+    project_id: str = Field(min_length=1, description="Project the token acts as; non-admins see only its alarms.")
+    roles: list[str] = Field(default_factory=list, description="Roles; 'admin' sees and manages every project.")
+
+    @field_validator("token")
+    @classmethod
+    def _not_empty(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
+
+class ApiSettings(_Section):
+    """``streams api``: Aodh's v2 REST API over the alarm definitions in ZooKeeper and ``alarm_history``."""
+
+    host: str = Field("127.0.0.1", description="Listen address (0.0.0.0 in a pod).")
+    port: int = Field(8042, ge=1, le=65535, description="Listen port (Aodh's).")
+    metrics_port: int = Field(9467, ge=0, le=65535, description="Prometheus /metrics, /healthz, /readyz port; 0 = off.")
+    auth: Literal["noauth", "token", "keystone"] = Field(
+        "token", description="token: static tokens (api.tokens); keystone: keystonemiddleware validates "
+        "X-Auth-Token (api.keystone); noauth: trust the X-User-Id / X-Project-Id / X-Roles headers (Aodh's "
+        "noauth: for loopback and tests only).")
+    tokens: list[ApiToken] = Field(
+        default_factory=list, description="Static tokens of api.auth token, e.g. STREAMS_API__TOKENS="
+        "'[{\"token\": \"...\", \"user_id\": \"u\", \"project_id\": \"p\", \"roles\": [\"admin\"]}]'.")
+    keystone: dict[str, SecretStr] = Field(
+        default_factory=dict, description="keystonemiddleware auth_token options for api.auth keystone "
+        "(www_authenticate_uri, auth_url, auth_type, username, password, project_name, ...); kept secret: "
+        "it holds a password.")
+    rate_meters: dict[str, str] = Field(
+        default_factory=dict, description="Gnocchi 'rate:<agg>' aggregation: cumulative meter -> the meter "
+        "carrying its per-second rate in the samples topic (e.g. from a rate_of_change transformer), "
+        "e.g. {\"disk.read.bytes\": \"disk.read.bytes.rate\"}.")
+    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted (413 beyond).")
+    max_results: int = Field(1000, ge=1, description="Most alarms or history entries one request returns.")
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(cls, v: list[ApiToken]) -> list[ApiToken]:
+        secrets = [t.token.get_secret_value() for t in v]
+        if len(secrets) != len(set(secrets)):
+            raise ValueError("two entries have the same token")
+        return v
+
+
 class Settings(BaseSettings):
     """All settings of every service."""
 
@@ -385,6 +434,7 @@ class Settings(BaseSettings):
     coordination: CoordinationSettings = CoordinationSettings()
     alarms: AlarmSettings = AlarmSettings()
     notifier: NotifierSettings = NotifierSettings()
+    api: ApiSettings = ApiSettings()
     log_level: str = Field("INFO", description="Python logging level name.")
     metrics_host: str = Field(
         "127.0.0.1", description="Listen address of every service's /metrics, /healthz and /readyz server; "
