@@ -4,15 +4,31 @@ Starts the local services (unless already running), creates the topics and
 schema, runs the compute poller and the processor as real processes, shows
 progress from ClickHouse while they run, prints what was stored, and stops
 everything it started.
+
+With ``coordination.hosts`` set (``etc/streams.dev.yaml`` sets it) it also
+runs the notifier and ``streams api`` (``--auth noauth``, on loopback), and
+creates a ``cpu_util`` alarm on this host through the Aodh API, with a
+threshold halfway between the host's utilisation without the demo's load
+(measured during the first third, after start-up) and 100 %. Then it loads
+every core (niced busy loops) for about a third of the run, and stops: the
+alarm goes insufficient data -> alarm -> ok. At the end it prints the
+alarm's transitions (from ``aodh alarm-history show`` when python-aodhclient
+is installed, else the same API call), what the ``log://`` notifier
+delivered, and deletes the alarm.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import click
@@ -47,6 +63,49 @@ def _table(rows: list[tuple], headers: tuple[str, ...]) -> str:
     return "\n".join([line(cells[0]), line(tuple("-" * w for w in widths))] + [line(r) for r in cells[1:]])
 
 
+_DEMO_IDENTITY = {"X-User-Id": "demo", "X-Project-Id": "demo", "X-Roles": "admin"}
+_BURN = "import os\nos.nice(19)\nwhile True:\n    pass\n"
+
+
+def _api(url: str, method: str = "GET", body: object = None, timeout: float = 10.0) -> object:
+    """One call to the demo's Aodh API (noauth headers); the decoded JSON answer, None for 204."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={**_DEMO_IDENTITY, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"{method} {url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}") \
+            from None
+    return json.loads(raw) if raw else None
+
+
+def _wait_api(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"streams api exited with {proc.returncode}; see {log_path}")
+        try:
+            _api(f"{url}/v2/capabilities")
+            return
+        except (OSError, click.ClickException):
+            time.sleep(0.5)
+    raise click.ClickException(f"streams api did not answer on {url} within {timeout:.0f}s; see {log_path}")
+
+
+def _history(url: str, alarm_id: str) -> list[dict]:
+    """The alarm's history, through the real ``aodh`` CLI when python-aodhclient is installed."""
+    aodh = shutil.which("aodh", path=str(Path(sys.executable).parent)) or shutil.which("aodh")
+    if aodh:
+        r = subprocess.run([aodh, "--os-auth-type", "aodh-noauth", "--aodh-endpoint", url, "--user-id", "demo",
+                            "--project-id", "demo", "alarm-history", "show", alarm_id, "-f", "json"],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            return json.loads(r.stdout)
+    return _api(f"{url}/v2/alarms/{alarm_id}/history")  # type: ignore[return-value]
+
+
 @click.command()
 @click.option("--duration", type=click.IntRange(min=5), default=60, show_default=True,
               help="Seconds to run the poller.")
@@ -73,6 +132,9 @@ def demo(ctx: click.Context, duration: int, keep_services: bool) -> None:
     logdir = devenv.dev_dir() / "demo"
     logdir.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[str, subprocess.Popen, Path]] = []
+    burners: list[subprocess.Popen] = []
+    alarm: dict | None = None
+    api_url = ""
     try:
         echo("==> creating topics and schema")
         for name, state in create_topics(settings.kafka).items():
@@ -82,11 +144,25 @@ def demo(ctx: click.Context, duration: int, keep_services: bool) -> None:
         echo(f"    database {db}: tables {', '.join(migrate(client, db))}")
 
         start_us = time.time_ns() // 1000
-        echo(f"==> running processor and compute poller (interval {settings.poller.interval:g}s) "
+        alarms_on = bool(settings.coordination.hosts)
+        roles = [("processor", ["process"]), ("poller", ["poll"])]
+        if alarms_on:
+            roles += [("notifier", ["notify"]), ("api", ["api", "--auth", "noauth"])]
+        echo(f"==> running {', '.join(n for n, _ in roles)} (poll interval {settings.poller.interval:g}s) "
              f"for {duration}s; logs in {logdir}")
-        for name, args in (("processor", ["process"]), ("poller", ["poll"])):
+        for name, args in roles:
             proc, log_path = _spawn(name, args, config, logdir)
             procs.append((name, proc, log_path))
+        api_url = f"http://{settings.api.host}:{settings.api.port}"
+        load_start, load_end = duration * 0.3, duration * 0.6
+        measuring = False
+        if alarms_on:
+            _wait_api(api_url, procs[3][1], procs[3][2])
+            echo(f"    Aodh API on {api_url} (noauth, loopback): aodh --os-auth-type aodh-noauth "
+                 f"--aodh-endpoint {api_url} --user-id demo --project-id demo alarm list")
+        else:
+            echo("    (no alarms: coordination.hosts is not set in the config)")
+        import psutil
 
         def stored() -> tuple[int, int]:
             return client.execute(
@@ -100,7 +176,35 @@ def demo(ctx: click.Context, duration: int, keep_services: bool) -> None:
                 if proc.poll() is not None:
                     raise click.ClickException(f"{name} exited with {proc.returncode}; see {log_path}")
             rows, resources = stored()
-            echo(f"    [{time.monotonic() - t0:4.0f}s] {rows:>7} samples stored from {resources} resources")
+            elapsed = time.monotonic() - t0
+            note = ""
+            if alarms_on and not measuring and elapsed >= duration * 0.15:
+                psutil.cpu_percent(None)  # the host's utilisation without the demo's load, from now on
+                measuring = True
+            elif alarms_on and alarm is None and measuring and elapsed >= load_start:
+                idle = psutil.cpu_percent(None)
+                threshold = round(min(95.0, max(10.0, idle + (100.0 - idle) / 2)), 1)
+                alarm = _api(f"{api_url}/v2/alarms", "POST", {  # type: ignore[assignment]
+                    "name": "demo cpu busy", "type": "gnocchi_resources_threshold", "severity": "moderate",
+                    "description": f"host cpu_util above {threshold}% (without the demo's load: {idle:.1f}%)",
+                    "alarm_actions": ["log://"], "ok_actions": ["log://"],
+                    "gnocchi_resources_threshold_rule": {
+                        "metric": "cpu_util", "resource_id": socket.gethostname(), "resource_type": "host",
+                        "aggregation_method": "mean", "comparison_operator": "gt", "threshold": threshold,
+                        "granularity": max(10, round(2 * settings.poller.interval)), "evaluation_periods": 1}})
+                note = (f"  alarm {alarm['alarm_id']} created through the API: cpu_util of "
+                        f"{socket.gethostname()} > {threshold}% (without load: {idle:.1f}%)")
+            if alarms_on and not burners and load_start <= elapsed < load_end:
+                burners = [subprocess.Popen([sys.executable, "-c", _BURN]) for _ in range(os.cpu_count() or 1)]
+                note += f"  loading {len(burners)} cores"
+            if burners and elapsed >= load_end:
+                for b in burners:
+                    _stop(b, 5)
+                burners = []
+                note += "  load stopped"
+            if alarm is not None:
+                note += f"  alarm: {_api(api_url + '/v2/alarms/' + alarm['alarm_id'] + '/state')}"
+            echo(f"    [{elapsed:4.0f}s] {rows:>7} samples stored from {resources} resources{note}")
 
         echo("==> stopping the poller (it flushes what it holds), letting the processor drain")
         _stop(procs[1][1])
@@ -142,10 +246,41 @@ def demo(ctx: click.Context, duration: int, keep_services: bool) -> None:
         rows, resources = stored()
         echo(f"\n{rows} samples from {resources} resources stored in {db}.samples "
              f"(ClickHouse {settings.clickhouse.url.rsplit('@', 1)[-1]})")
+        if alarm is not None:
+            _report_alarm(api_url, alarm, procs)
     finally:
+        for b in burners:
+            _stop(b, 5)
+        if alarm is not None:
+            try:
+                _api(f"{api_url}/v2/alarms/{alarm['alarm_id']}", "DELETE")
+            except (OSError, click.ClickException) as exc:
+                echo(f"    could not delete the demo alarm {alarm['alarm_id']}: {exc}")
         for _, proc, _ in procs:
             _stop(proc)
         if started and not keep_services:
             echo(f"==> stopping the services this demo started: {', '.join(started)}")
             devenv.down(services=started)
     os.environ.pop("STREAMS_CONFIG", None)
+
+
+def _report_alarm(api_url: str, alarm: dict, procs: list[tuple[str, subprocess.Popen, Path]]) -> None:
+    """Print the alarm's transitions and what the log:// notifier delivered (the notifier is stopped first)."""
+    alarm_id = alarm["alarm_id"]
+    shown = _api(f"{api_url}/v2/alarms/{alarm_id}")
+    click.echo(f"\n== Alarm '{alarm['name']}' ({alarm_id}): now {shown['state']}")  # type: ignore[index]
+    click.echo(f"   transitions (aodh alarm-history show {alarm_id}):")
+    rows = []
+    for change in reversed(_history(api_url, alarm_id)):
+        detail = json.loads(change["detail"])
+        rows.append((change["timestamp"][:19], detail.get("resource_id", "(set via API)"),
+                     f"{detail.get('previous_state', '')} -> {detail['state']}",
+                     detail.get("transition_reason") or detail.get("state_reason", "")))
+    click.echo(_table(rows, ("at (UTC)", "resource", "transition", "reason")) if rows else "   (none yet)")
+    for name, proc, log_path in procs:
+        if name == "notifier":
+            _stop(proc)
+            delivered = [line for line in log_path.read_text(errors="replace").splitlines()
+                         if f"({alarm_id}) on " in line]
+            click.echo(f"\n== What the log:// notifier delivered ({log_path})")
+            click.echo("\n".join(delivered) if delivered else "(nothing yet)")

@@ -22,6 +22,8 @@ The fields and defaults are Aodh's (``aodh/api/controllers/v2/alarms.py`` and
     time_constraints:
       - {name: office, start: "0 9 * * 1-5", duration: 32400, timezone: Europe/Paris}
     enabled: true
+    state_override: {state: ok, timestamp: 1767225600000000}   # optional: set through streams api
+    aodh: {type: gnocchi_resources_threshold, rule: {...}}     # optional: the Aodh document (streams/api)
 
 A composite alarm has ``type: composite`` and ``composite_rule``, a nested
 ``{"and": [...]}`` / ``{"or": [...]}`` of threshold rules (Aodh's
