@@ -33,6 +33,7 @@ from streams.topics import create_topics
 from tests.conftest import make_test_sample
 from tests.integration.conftest import StreamsProcess, free_port, http_get, wait_for
 from tests.integration.test_alarms import Webhook
+from tests.integration.test_alarms import cli as streams_cli
 
 AODH = str(Path(sys.executable).with_name("aodh"))
 ADMIN_TOKEN = "admin-token-for-integration-tests"
@@ -74,13 +75,6 @@ class Api:
 
     def token_client(self, token: str):
         return aodh_client.Client("2", session=ks_session.Session(auth=Token(self.endpoint, token)))
-
-
-def streams_cli(env: dict, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def test_aodh_cli_create_list_show_update_state_history_delete(pipeline, services):
