@@ -5,7 +5,7 @@
   entry's user, project and roles. ``streams api`` refuses to start without a
   token.
 * ``keystone``: keystonemiddleware's ``auth_token`` (``pip install
-  keystonemiddleware``) validates ``X-Auth-Token`` with Keystone, configured by
+  'streams-metering[keystone]'``) validates ``X-Auth-Token`` with Keystone, configured by
   ``api.keystone`` (its paste options: ``www_authenticate_uri``, ``auth_url``,
   ``auth_type``, ``username``, ``password``, ``project_name``,
   ``user_domain_name``, ``project_domain_name``, ...). The middleware is a WSGI
@@ -101,7 +101,8 @@ class KeystoneAuth(Authenticator):
             try:
                 from keystonemiddleware import auth_token
             except ImportError:
-                raise ConfigError("api.auth: keystone needs keystonemiddleware: pip install keystonemiddleware") \
+                raise ConfigError("api.auth: keystone needs keystonemiddleware: pip install keystonemiddleware "
+                                  "(or pip install 'streams-metering[keystone]')") \
                     from None
             filter_factory = auth_token.filter_factory
         self._middleware = filter_factory({}, **dict(options))(self._confirmed)
@@ -127,6 +128,8 @@ class KeystoneAuth(Authenticator):
         status: list[str] = []
         b"".join(self._middleware(environ, lambda s, h, exc_info=None: status.append(s)))
         identity = environ.get("streams.identity")
+        if status and status[0].startswith("5"):
+            raise AodhError(f"identity service (Keystone) unavailable: auth_token answered {status[0]}", 503)
         if identity is None or not status or not status[0].startswith("2") \
                 or environ.get("HTTP_X_IDENTITY_STATUS", "Confirmed") != "Confirmed":
             raise AodhError(AUTH_REQUIRED, 401)

@@ -65,6 +65,9 @@ class FakeAuthToken:
 
     def __call__(self, app):
         def middleware(environ, start_response):
+            if environ.get("HTTP_X_AUTH_TOKEN") == "keystone-down":
+                start_response("503 Service Unavailable", [])
+                return [b"Keystone is unreachable"]
             if environ.get("HTTP_X_AUTH_TOKEN") != "keystone-token":
                 start_response("401 Unauthorized", [])
                 return [b"Authentication required"]
@@ -89,6 +92,9 @@ def test_keystone_identity_is_what_the_middleware_confirmed():
         with pytest.raises(AodhError) as exc:
             identify(auth, headers)
         assert exc.value.status == 401
+    with pytest.raises(AodhError) as exc:
+        identify(auth, {"X-Auth-Token": "keystone-down"})
+    assert exc.value.status == 503 and "Keystone" in exc.value.faultstring
 
 
 def test_keystone_without_keystonemiddleware_names_the_install(monkeypatch):
