@@ -693,9 +693,8 @@ def render(definition: AlarmDefinition, state: AlarmState, mtime_us: int | None 
     timestamp = stored.get("timestamp") or iso(mtime_us)
     created = stored.get("created") or iso(ctime_us) or timestamp
     reason = state.reason
-    disabled_reason = getattr(definition, "disabled_reason", None)
-    if not definition.enabled and disabled_reason:
-        reason = disabled_reason
+    if not definition.enabled and definition.disabled_reason:
+        reason = definition.disabled_reason  # the processor disabled it: say why
     return {
         "alarm_id": definition.alarm_id,
         "name": definition.name,

@@ -271,3 +271,12 @@ def test_put_replaces_the_aodh_fields_and_keeps_the_rest():
     assert (second.user_id, second.project_id) == ("u-x", "p-x")  # an admin's PUT keeps the owner
     assert second.threshold_rule.threshold == 70 and not second.enabled
     assert second.aodh["created"] == first.aodh["created"]
+
+
+def test_an_alarm_the_processor_disabled_shows_why_and_an_api_update_that_reenables_it_clears_the_reason():
+    first = build_definition("a1", translate(resources_alarm(), ADMIN, {}), NOW)
+    doc = {**json.loads(first.to_json()), "enabled": False, "disabled_reason": "evaluation raised: boom"}
+    out = render(parse_alarm(doc), AlarmState())
+    assert (out["enabled"], out["state_reason"]) == (False, "evaluation raised: boom")
+    reenabled = build_definition("a1", translate(resources_alarm(), ADMIN, {}, owner=("u", "p")), NOW + 1, base=doc)
+    assert reenabled.enabled and reenabled.disabled_reason is None
