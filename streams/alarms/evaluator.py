@@ -74,6 +74,9 @@ COMPARATORS = {"gt": operator.gt, "lt": operator.lt, "ge": operator.ge,
 MAX_CATCH_UP = 1000
 """Most boundaries evaluated in one call; after a longer pause only the last ones that can still see data are."""
 
+MAX_OVERRIDE_LEAD_US = 3600 * 1_000_000
+"""Furthest a state override's time may be ahead of a resource's clock (a wrong API clock): 1 h."""
+
 _EVENT_NS = uuid.UUID("6f0b8a56-8c57-4d0b-9c3a-0b6f2f1a7a11")
 
 
@@ -179,12 +182,18 @@ def _override_pending(alarm: AlarmDefinition, astate: dict[str, Any]) -> bool:
 
 
 def _adopt_override(alarm: AlarmDefinition, astate: dict[str, Any], clock_us: int) -> None:
-    """Continue from the alarm's state_override; skip boundaries up to its time (at most ``clock_us``)."""
+    """Continue from the alarm's state_override; skip boundaries up to its time.
+
+    Also when this resource's clock is behind it (samples in flight or a
+    backlog): the operator decided the state as of the override. At most
+    :data:`MAX_OVERRIDE_LEAD_US` ahead of the clock, so a skewed API clock
+    cannot stall evaluation for longer.
+    """
     override = alarm.state_override
     assert override is not None
     astate["state"] = override.state
     astate["override"] = override.timestamp
-    upto = min(override.timestamp, clock_us)
+    upto = min(override.timestamp, clock_us + MAX_OVERRIDE_LEAD_US)
     astate["until"] = max(astate["until"], upto - upto % alarm.tick_us)
 
 

@@ -247,14 +247,27 @@ def test_override_skips_boundaries_up_to_its_time_so_no_event_predates_it():
     assert state[STATE_KEY]["a1"]["until"] == T0 + P
 
 
-def test_override_from_a_clock_ahead_never_moves_evaluation_past_the_resource_clock():
+def test_override_ahead_of_the_resource_clock_still_skips_boundaries_up_to_it():
     base = threshold(n=1)
     state: dict = {}
     observe(AlarmSet([base]), state, [sample(80, T0 + 1000)])
-    alarms = AlarmSet([overridden(base, ALARM, T0 + 1000 * P)])  # the API host's clock is far ahead
+    # The resource's newest sample (its clock) is behind the override: samples in flight, or a backlog.
+    alarms = AlarmSet([overridden(base, OK, T0 + 2 * P + 5)])
+    assert advance(alarms, state, "vm-1", T0 + P + 1, 0) == []
+    assert state[STATE_KEY]["a1"]["until"] == T0 + 2 * P
+    observe(alarms, state, [sample(90, T0 + P + 2), sample(90, T0 + 2 * P + 6)])
+    events = advance(alarms, state, "vm-1", T0 + 3 * P, 0)  # window [T0+P, T0+2P) was decided by the operator
+    assert [(e.previous, e.current, e.timestamp_us) for e in events] == [(OK, ALARM, T0 + 3 * P)]
+
+
+def test_override_from_a_clock_far_ahead_stalls_evaluation_at_most_an_hour():
+    base = threshold(n=1)
+    state: dict = {}
+    observe(AlarmSet([base]), state, [sample(80, T0 + 1000)])
+    alarms = AlarmSet([overridden(base, ALARM, T0 + 1000 * P)])  # the API host's clock is hours ahead
     advance(alarms, state, "vm-1", T0 + 1000, 0)
     assert state[STATE_KEY]["a1"]["state"] == ALARM
-    assert state[STATE_KEY]["a1"]["until"] == T0  # at most the resource's own clock
+    assert state[STATE_KEY]["a1"]["until"] == T0 + 3600 * 1_000_000
 
 
 def test_resource_state_created_after_the_override_starts_as_usual():
