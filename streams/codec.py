@@ -380,6 +380,37 @@ class BatchCodec(SignedCodec):
             raise RejectedMessage("decode", "too_many_samples",
                                   f"record declares {abs(count)} samples; the limit is {self.limits.samples}")
 
+    def decode_columns(self, record: bytes, columns: Any) -> int:
+        """Verify, check limits, then append ``record``'s samples to ``columns``
+        (:class:`~streams.columns.SampleColumns`): the processor's path, no dict per sample.
+
+        Returns:
+            how many samples were appended (nothing is appended if it raises).
+
+        Raises:
+            RejectedMessage: as :meth:`decode`.
+        """
+        from streams.columns import decode_samples
+
+        writer, _, pos = self.verify(record)
+        self._check_payload(record, pos)
+        try:
+            if writer is self._schema:
+                count = decode_samples(record, pos, columns, lambda _: self._fast_reader(record[HEADER_SIZE:]))
+            else:  # an older writer schema: fastavro resolves it, then to columns
+                samples = self.decode_record(record)["samples"]
+                columns.extend_dicts(samples)
+                count = len(samples)
+        except RejectedMessage:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a reject
+            raise RejectedMessage("decode", "undecodable", f"{type(exc).__name__}: {exc}") from exc
+        if count > self.limits.samples:
+            columns.truncate(len(columns) - count)
+            raise RejectedMessage("decode", "too_many_samples",
+                                  f"record holds {count} samples; the limit is {self.limits.samples}")
+        return count
+
     def decode(self, record: bytes) -> list[Sample]:
         """Verify, check limits, then decode ``record`` into its samples.
 

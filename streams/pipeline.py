@@ -179,6 +179,7 @@ class Pipeline:
         self.sinks = {s.name: CompiledSink(s) for s in definition.sinks}
         self._sources = [(_MeterMatcher(s.meters), [self.sinks[n] for n in s.sinks]) for s in definition.sources]
         self._routes: dict[str, list[CompiledSink]] = {}
+        self._plans: dict[str, tuple[tuple[str, ...], tuple[CompiledSink, ...]]] = {}
         self.stateful = any(s.stateful for s in self.sinks.values())
         self.publishers = sorted({url for s in self.sinks.values() for url in s.publishers})
         self.allowed_lateness_us = int(definition.allowed_lateness * 1e6)
@@ -201,7 +202,14 @@ class Pipeline:
         Raises:
             RejectedMessage: stage ``transform``, reason ``late``.
         """
-        newest = max(s["timestamp"] for s in samples)
+        self.check_watermark(max(s["timestamp"] for s in samples), state)
+
+    def check_watermark(self, newest: int, state: dict[str, Any]) -> None:
+        """:meth:`check_lateness` given the record's newest sample time (µs).
+
+        Raises:
+            RejectedMessage: stage ``transform``, reason ``late``.
+        """
         watermark = state.get(STATE_KEY_WATERMARK, 0)
         if newest < watermark - self.allowed_lateness_us:
             raise RejectedMessage(
@@ -210,6 +218,44 @@ class Pipeline:
                 f"watermark {watermark} us (allowed lateness {self.allowed_lateness_us / 1e6:g}s)")
         if newest > watermark:
             state[STATE_KEY_WATERMARK] = newest
+
+    def plan(self, meter: str) -> tuple[tuple[str, ...], tuple[CompiledSink, ...]]:
+        """For ``meter``: the publisher URLs that take its samples unchanged (sinks without
+        transformers), and the sinks that transform them. Cached per meter name."""
+        plan = self._plans.get(meter)
+        if plan is None:
+            direct: list[str] = []
+            transforming: list[CompiledSink] = []
+            for sink in self.sinks_for(meter):
+                if sink.transformers:
+                    transforming.append(sink)
+                else:
+                    direct.extend(u for u in sink.publishers if u not in direct)
+            plan = self._plans[meter] = (tuple(direct), tuple(transforming))
+        return plan
+
+    def transform(self, sink: CompiledSink, sample: Sample,
+                  state_for: Callable[[str], dict[str, Any]]) -> list[Sample]:
+        """Run one sample through ``sink``'s transformer chain; return what reaches its publishers.
+
+        A :class:`TransformError` loses that sample's output only (counted and logged).
+        """
+        state = state_for(sample["resource_id"]) if sink.stateful else {}
+        results = [sample]
+        for t in sink.transformers:
+            step: list[Sample] = []
+            for r in results:
+                try:
+                    step.extend(t.handle(r, state.setdefault(t.id, {}) if t.stateful else state))
+                except TransformError as exc:
+                    # One sample's output is lost, not the record: counted and logged.
+                    self.transform_errors[t.id] += 1
+                    TRANSFORM_ERRORS.labels(transformer=t.id).inc()
+                    log.warning("transformer %s skipped %s of %s: %s", t.id, r["name"], r["resource_id"], exc)
+            results = step
+            if not results:
+                break
+        return results
 
     def route(self, samples: Iterable[Sample], state_for: Callable[[str], dict[str, Any]],
               out: dict[str, list[Sample]]) -> None:
@@ -220,24 +266,11 @@ class Pipeline:
                 (called only for sinks with stateful transformers).
         """
         for sample in samples:
-            for sink in self.sinks_for(sample["name"]):
-                results = [sample]
-                if sink.transformers:
-                    state = state_for(sample["resource_id"]) if sink.stateful else {}
-                    for t in sink.transformers:
-                        step: list[Sample] = []
-                        for r in results:
-                            try:
-                                step.extend(t.handle(r, state.setdefault(t.id, {}) if t.stateful else state))
-                            except TransformError as exc:
-                                # One sample's output is lost, not the record: counted and logged.
-                                self.transform_errors[t.id] += 1
-                                TRANSFORM_ERRORS.labels(transformer=t.id).inc()
-                                log.warning("transformer %s skipped %s of %s: %s", t.id, r["name"],
-                                            r["resource_id"], exc)
-                        results = step
-                        if not results:
-                            break
+            direct, transforming = self.plan(sample["name"])
+            for url in direct:
+                out.setdefault(url, []).append(sample)
+            for sink in transforming:
+                results = self.transform(sink, sample, state_for)
                 for url in sink.publishers:
                     out.setdefault(url, []).extend(results)
 

@@ -97,10 +97,13 @@ class AlarmStage:
         if self._persist_disable is not None and alarm is not None:
             self._persist_disable(alarm_id, reason, doc)
 
-    def on_record(self, samples: list[dict[str, Any]], state_for, partition: int) -> list[AlarmEvent]:
+    def on_record(self, samples: list[dict[str, Any]], state_for, partition: int,
+                  clock_us: int | None = None) -> list[AlarmEvent]:
         """Feed one record's normalized samples (one resource); return events of windows it closes.
 
-        ``state_for(resource_id)`` returns the batch's mutable state of the resource.
+        ``state_for(resource_id)`` returns the batch's mutable state of the resource;
+        ``clock_us`` is the record's newest sample time (default: the newest of ``samples``,
+        which may be only the samples an alarm watches).
         Never raises for an alarm's error (the alarm is disabled, module docstring).
         """
         alarms = self.alarms
@@ -111,7 +114,7 @@ class AlarmStage:
         if not observe(alarms, state, samples, self._on_error):
             return []
         state[PARTITION_KEY] = partition
-        clock = max(s["timestamp"] for s in samples)
+        clock = clock_us if clock_us is not None else max(s["timestamp"] for s in samples)
         ALARM_EVALUATIONS.inc()
         return advance(alarms, state, rid, clock, self.grace_us, self._on_error)
 

@@ -56,6 +56,7 @@ from typing import Any, Protocol
 
 from streams.alarms.evaluator import STATE_KEY
 from streams.codec import RejectedMessage, Sample, clip
+from streams.columns import SampleColumns
 from streams.observability import (
     RECORDS_REJECTED,
     SAMPLES_DERIVED,
@@ -87,6 +88,17 @@ class StoreUnavailable(RuntimeError):
     """The batch could not be made durable (store or broker): exit without acknowledging it."""
 
 
+def add_columns(publisher: Any, columns: SampleColumns, rows: list[int], maybe_stored: bool,
+                origins: list[int]) -> None:
+    """Give ``rows`` of ``columns`` to ``publisher``: as columns if it takes them
+    (``add_columns``, e.g. ClickHouse), else as dicts (``add``)."""
+    take = getattr(publisher, "add_columns", None)
+    if take is not None:
+        take(columns, rows, maybe_stored, origins)
+    else:
+        publisher.add(columns.rows(rows), maybe_stored=maybe_stored, origins=origins)
+
+
 def _has_header(headers: Any, name: str) -> bool:
     if not headers:
         return False
@@ -95,19 +107,24 @@ def _has_header(headers: Any, name: str) -> bool:
 
 
 class _Outputs:
-    """Samples per publisher URL, each with the index of the record it came from."""
+    """What goes to each publisher URL: rows of the batch's columns (samples stored unchanged) and
+    dict samples (transformers' outputs), each with the index of the record it came from."""
 
-    __slots__ = ("samples", "origins")
+    __slots__ = ("rows", "row_origins", "samples", "origins")
 
     def __init__(self) -> None:
+        self.rows: dict[str, list[int]] = {}
+        self.row_origins: dict[str, list[int]] = {}
         self.samples: dict[str, list[Sample]] = {}
         self.origins: dict[str, list[int]] = {}
 
-    def add(self, out: dict[str, list[Sample]], origin: int) -> None:
-        for url, samples in out.items():
-            if samples:
-                self.samples.setdefault(url, []).extend(samples)
-                self.origins.setdefault(url, []).extend([origin] * len(samples))
+    def urls(self) -> set[str]:
+        return self.rows.keys() | self.samples.keys()
+
+    def add_samples(self, url: str, samples: list[Sample], origin: int) -> None:
+        if samples:
+            self.samples.setdefault(url, []).extend(samples)
+            self.origins.setdefault(url, []).extend([origin] * len(samples))
 
 
 @dataclass
@@ -117,6 +134,7 @@ class Batch:
     records: Sequence[Record]
     state: BatchState
     generation: int = 0  # consumer-group rebalances seen when the batch was prepared
+    columns: SampleColumns = field(default_factory=SampleColumns)  # the records' samples, normalized
     new: _Outputs = field(default_factory=_Outputs)  # samples of partitions known to be past any replay
     replayed: _Outputs = field(default_factory=_Outputs)  # samples a previous owner may have stored already
     replay_partitions: set[int] = field(default_factory=set)
@@ -182,48 +200,155 @@ class BatchProcessor:
     def prepare(self, records: Sequence[Record]) -> Batch:
         """Run decode ... alarms over ``records``; every record is either routed or rejected.
 
+        The samples are decoded into one :class:`~streams.columns.SampleColumns` for the batch and
+        checked a column at a time; only samples a transformer or an alarm looks at become dicts.
         Never raises for a record's content (module docstring's policy).
         """
         started = time.perf_counter()
         batch = Batch(records, BatchState(self.table, self.pending), self.generation)
-        pipeline, alarms, past_replay = self.pipeline, self.alarm_stage, self.past_replay
-        offsets, clocks = self.prepared_offsets, self.event_clocks
+        cols = batch.columns
+        spans: list[tuple[int, int]] = []  # rows of each decoded record
+        kept: list[int] = []  # its index in records
+        sizes: list[int] = []
+        offsets = self.prepared_offsets
         for i, msg in enumerate(records):
             if msg.offset > offsets.get(msg.partition, -1):
                 offsets[msg.partition] = msg.offset
+            start = len(cols)
             try:
-                samples = self.stages.decode_record(msg.value, msg.key)
-                state_for = partial(batch.state.get, partition=msg.partition)
-                if pipeline.stateful:
-                    pipeline.check_lateness(samples, state_for(samples[0]["resource_id"]))
-                out: dict[str, list[Sample]] = {}
-                pipeline.route(samples, state_for, out)
+                n = self.stages.decode_into(msg.value, msg.key, cols)
             except RejectedMessage as exc:
                 batch.rejected.append((msg, exc))
                 continue
             except Exception as exc:  # noqa: BLE001 - a bug must cost one record, not the worker
-                self._log_once(f"internal:{type(exc).__name__}", "record %s[%d]@%d raised %s; dead-lettered",
-                               msg.topic, msg.partition, msg.offset, type(exc).__name__, exc=exc)
-                batch.rejected.append((msg, RejectedMessage("transform", "internal_error",
-                                                            f"{type(exc).__name__}: {exc}")))
+                cols.truncate(start)
+                self._internal_error(batch, msg, exc, "decode")
                 continue
-            if msg.partition in past_replay and not _has_header(msg.headers, MAYBE_STORED_HEADER):
-                batch.new.add(out, i)
-            else:
-                batch.replayed.add(out, i)
-                batch.replay_partitions.add(msg.partition)
-            newest = samples[-1]["timestamp"]
-            if newest > clocks.get(msg.partition, 0):
-                clocks[msg.partition] = newest
-            if alarms is not None:
-                try:
-                    batch.alarm_events += alarms.on_record(samples, state_for, msg.partition)
-                except Exception as exc:  # noqa: BLE001 - per-alarm errors are handled inside; this is a bug
-                    self._log_once(f"alarms:{type(exc).__name__}", "alarm stage raised %s on %s[%d]@%d",
-                                   type(exc).__name__, msg.topic, msg.partition, msg.offset, exc=exc)
-            batch.received += len(samples)
+            spans.append((start, start + n))
+            kept.append(i)
+            sizes.append(len(msg.value))
+        bad = self.stages.normalizer.normalize_columns(cols, spans, sizes)
+        if self.pipeline.stateful:
+            self._check_lateness(batch, spans, kept, bad)
+        if bad:
+            cols, spans, kept = self._drop(batch, spans, kept, bad)
+        try:
+            self._route(batch, spans, kept)
+        except Exception as exc:  # noqa: BLE001 - a bug in routing: dead-letter the batch's records, one by one
+            self._route_each(batch, spans, kept, exc)
         batch.timings["prepare"] = time.perf_counter() - started
         return batch
+
+    def _internal_error(self, batch: Batch, msg: Record, exc: Exception, stage: str) -> None:
+        self._log_once(f"internal:{stage}:{type(exc).__name__}", "record %s[%d]@%d raised %s in %s; dead-lettered",
+                       msg.topic, msg.partition, msg.offset, type(exc).__name__, stage, exc=exc)
+        batch.rejected.append((msg, RejectedMessage("transform", "internal_error", f"{type(exc).__name__}: {exc}")))
+
+    def _check_lateness(self, batch: Batch, spans: list[tuple[int, int]], kept: list[int],
+                        bad: dict[int, RejectedMessage]) -> None:
+        """Each record's newest sample against its resource's watermark, in record order."""
+        stamps, rids = batch.columns.timestamp, batch.columns.resource_id
+        for k, (start, end) in enumerate(spans):
+            if k in bad or start == end:
+                continue
+            state = batch.state.get(rids[start], batch.records[kept[k]].partition)
+            try:
+                self.pipeline.check_watermark(max(stamps[start:end]), state)
+            except RejectedMessage as exc:
+                bad[k] = exc
+
+    @staticmethod
+    def _drop(batch: Batch, spans: list[tuple[int, int]], kept: list[int],
+              bad: dict[int, RejectedMessage]) -> tuple[SampleColumns, list[tuple[int, int]], list[int]]:
+        """Reject the records in ``bad`` and keep the others' rows (a new, compact SampleColumns)."""
+        for k in sorted(bad):
+            batch.rejected.append((batch.records[kept[k]], bad[k]))
+        rows: list[int] = []
+        new_spans, new_kept = [], []
+        for k, (start, end) in enumerate(spans):
+            if k not in bad:
+                new_spans.append((len(rows), len(rows) + end - start))
+                new_kept.append(kept[k])
+                rows.extend(range(start, end))
+        batch.columns = batch.columns.take(rows)
+        return batch.columns, new_spans, new_kept
+
+    def _route(self, batch: Batch, spans: list[tuple[int, int]], kept: list[int]) -> None:
+        """Send each row to its publishers: unchanged rows by index, transformed ones as dicts; feed alarms."""
+        cols, records = batch.columns, batch.records
+        names, stamps = cols.name, cols.timestamp
+        plan = self.pipeline.plan
+        alarms = self.alarm_stage
+        alarm_meters = alarms.alarms.by_meter if alarms is not None else {}
+        past_replay, clocks = self.past_replay, self.event_clocks
+        for k, (start, end) in enumerate(spans):
+            index = kept[k]
+            msg = records[index]
+            partition = msg.partition
+            if partition in past_replay and not _has_header(msg.headers, MAYBE_STORED_HEADER):
+                out = batch.new
+            else:
+                out = batch.replayed
+                batch.replay_partitions.add(partition)
+            state_for = partial(batch.state.get, partition=partition)
+            watched = None
+            for row in range(start, end):
+                direct, transforming = plan(names[row])
+                for url in direct:
+                    rows = out.rows.get(url)
+                    if rows is None:
+                        rows = out.rows[url] = []
+                        out.row_origins[url] = []
+                    rows.append(row)
+                    out.row_origins[url].append(index)
+                if transforming:
+                    sample = cols.row(row)
+                    for sink in transforming:
+                        results = self.pipeline.transform(sink, sample, state_for)
+                        for url in sink.publishers:
+                            out.add_samples(url, results, index)
+                if names[row] in alarm_meters:
+                    if watched is None:
+                        watched = []
+                    watched.append(row)
+            if end > start:
+                newest = max(stamps[start:end])
+                if newest > clocks.get(partition, 0):
+                    clocks[partition] = newest
+                if watched:
+                    try:
+                        batch.alarm_events += alarms.on_record(cols.rows(watched), state_for, partition, newest)
+                    except Exception as exc:  # noqa: BLE001 - per-alarm errors are handled inside; this is a bug
+                        self._log_once(f"alarms:{type(exc).__name__}", "alarm stage raised %s on %s[%d]@%d",
+                                       type(exc).__name__, msg.topic, partition, msg.offset, exc=exc)
+            batch.received += end - start
+
+    def _route_each(self, batch: Batch, spans: list[tuple[int, int]], kept: list[int], exc: Exception) -> None:
+        """Routing raised: redo it record by record, dead-lettering the records that raise (a bug costs
+        the records it hits, not the batch). Outputs of the failed pass are discarded first."""
+        self._log_once(f"route:{type(exc).__name__}", "routing a batch raised %s; routing record by record",
+                       type(exc).__name__, exc=exc)
+        batch.new, batch.replayed, batch.alarm_events, batch.received = _Outputs(), _Outputs(), [], 0
+        for k, span in enumerate(spans):
+            msg = batch.records[kept[k]]
+            saved = (len(batch.alarm_events), batch.received)
+            try:
+                self._route(batch, [span], [kept[k]])
+            except Exception as exc:  # noqa: BLE001
+                del batch.alarm_events[saved[0]:]
+                batch.received = saved[1]
+                for out in (batch.new, batch.replayed):
+                    for url in list(out.rows):
+                        keep = [(r, o) for r, o in zip(out.rows[url], out.row_origins[url], strict=True)
+                                if o != kept[k]]
+                        out.rows[url] = [r for r, _ in keep]
+                        out.row_origins[url] = [o for _, o in keep]
+                    for url in list(out.samples):
+                        keep = [(s, o) for s, o in zip(out.samples[url], out.origins[url], strict=True)
+                                if o != kept[k]]
+                        out.samples[url] = [s for s, _ in keep]
+                        out.origins[url] = [o for _, o in keep]
+                self._internal_error(batch, msg, exc, "transform")
 
     def timer_clocks(self, highwaters: dict[int, int | None], now_us: int,
                      positions: dict[int, int | None] | None = None) -> dict[int, int]:
@@ -358,17 +483,25 @@ class BatchProcessor:
         """
         skipped = 0
         refused: dict[int, str] = {}
-        for url in batch.new.samples.keys() | batch.replayed.samples.keys():
+        cols = batch.columns
+        for url in batch.new.urls() | batch.replayed.urls():
             publisher = self.publishers[url]
-            new, replayed = batch.new.samples.get(url, []), batch.replayed.samples.get(url, [])
-            publisher.add(new, maybe_stored=False, origins=batch.new.origins.get(url, []))
-            publisher.add(replayed, maybe_stored=True, origins=batch.replayed.origins.get(url, []))
+            count = 0
+            for out, maybe_stored in ((batch.new, False), (batch.replayed, True)):
+                rows = out.rows.get(url)
+                if rows:
+                    add_columns(publisher, cols, rows, maybe_stored, out.row_origins[url])
+                    count += len(rows)
+                samples = out.samples.get(url)
+                if samples:
+                    publisher.add(samples, maybe_stored=maybe_stored, origins=out.origins[url])
+                    count += len(samples)
             try:
                 skipped += publisher.flush()
             except RecordsRejected as exc:
                 skipped += exc.skipped
                 refused.update(exc.rejected)
-            SAMPLES_DERIVED.labels(scheme=url.split(":", 1)[0]).inc(len(new) + len(replayed))
+            SAMPLES_DERIVED.labels(scheme=url.split(":", 1)[0]).inc(count)
         return skipped, refused
 
     def _dead_letter(self, msg: Record, error: RejectedMessage) -> None:

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
 
 from streams.codec import RecordLimits, RejectedMessage, Sample
+from streams.columns import SampleColumns
 
 UNIT_SCALE: Mapping[str, tuple[str, float]] = {
     "KiB": ("B", 2**10),
@@ -138,3 +140,77 @@ class Normalizer:
                     raise RejectedMessage("normalize", "string_too_long",
                                           f"metadata entry {k[:64]!r}: {max(len(k), len(v))} characters; "
                                           f"the limit is {limit}")
+
+    def normalize_columns(self, cols: SampleColumns, spans: Sequence[tuple[int, int]],
+                          record_bytes: Sequence[int], now_us: int | None = None) -> dict[int, RejectedMessage]:
+        """:meth:`normalize` for a whole batch held as columns: the same rules, checked a column at a
+        time (builtins over whole lists), unit conversions applied in place.
+
+        Args:
+            cols: the batch's samples.
+            spans: per record, its rows ``(start, end)`` in ``cols``, in order.
+            record_bytes: per record, its size (string lengths are checked only above the limit).
+
+        Returns:
+            span index -> why that record is rejected (first failing rule, in :meth:`normalize`'s
+            order); its rows must be dropped by the caller. Mixed resources and keys are the
+            caller's (:class:`~streams.processor.stages.RecordProcessor`).
+        """
+        bad: dict[int, RejectedMessage] = {}
+        if not spans:
+            return bad
+        starts = [s for s, _ in spans]
+
+        def span_of(row: int) -> int:
+            return bisect_right(starts, row) - 1
+
+        def reject(row: int, reason: str, detail: str) -> None:
+            k = span_of(row)
+            if k not in bad:
+                bad[k] = RejectedMessage("normalize", reason, detail)
+
+        for k, (start, end) in enumerate(spans):
+            if start == end:
+                bad[k] = RejectedMessage("normalize", "empty_batch", "record carries no samples")
+        mids, names, units, vols, rids, stamps, mkeys = (cols.message_id, cols.name, cols.unit, cols.volume,
+                                                         cols.resource_id, cols.timestamp, cols.metadata_keys)
+        if not (all(mids) and all(names) and all(rids)):
+            for i in range(len(mids)):
+                if not (mids[i] and names[i] and rids[i]):
+                    reject(i, "empty_field", f"sample {mids[i]!r}: message_id, name and resource_id are required")
+        now = now_us if now_us is not None else time.time_ns() // 1000
+        latest = now + self.max_future_skew_us
+        oldest = now - self.max_sample_age_us if self.max_sample_age_us else 1
+        if stamps and not (min(stamps) >= max(oldest, 1) and max(stamps) <= latest):
+            for i, ts in enumerate(stamps):
+                if ts <= 0 or ts > latest:
+                    reject(i, "bad_timestamp", f"sample {mids[i]}: timestamp {ts} us is out of range")
+                elif ts < oldest:
+                    reject(i, "too_old", f"sample {mids[i]}: timestamp {ts} us is older than the "
+                           f"{self.max_sample_age_us / 86_400e6:g}-day limit (processor.max_sample_age)")
+        max_md = self.limits.metadata_entries
+        if mkeys and max(map(len, mkeys)) > max_md:
+            for i, keys in enumerate(mkeys):
+                if len(keys) > max_md:
+                    reject(i, "too_many_metadata",
+                           f"sample {mids[i]}: {len(keys)} metadata entries; the limit is {max_md}")
+        limit = self.limits.string_chars
+        for k, size in enumerate(record_bytes):
+            if size > limit and k not in bad:
+                start, end = spans[k]
+                try:
+                    self._check_strings(cols.rows(range(start, end)))
+                except RejectedMessage as exc:
+                    bad[k] = exc
+        scale = self.unit_scale
+        if not scale.keys().isdisjoint(units):
+            for i, unit in enumerate(units):
+                conv = scale.get(unit)
+                if conv is not None:
+                    units[i] = conv[0]
+                    vols[i] = vols[i] * conv[1]
+        if not all(map(math.isfinite, vols)):
+            for i, vol in enumerate(vols):
+                if not math.isfinite(vol):
+                    reject(i, "non_finite_volume", f"sample {mids[i]}: volume {vol!r} {units[i]}")
+        return bad

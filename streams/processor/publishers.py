@@ -77,6 +77,11 @@ class ClickHousePublisher(Publisher):
             origins: Sequence[int] | None = None) -> None:
         self.sink.add(samples, maybe_stored, origins)
 
+    def add_columns(self, columns, rows: Sequence[int], maybe_stored: bool = True,
+                    origins: Sequence[int] | None = None) -> None:
+        """:meth:`add` for rows of a :class:`~streams.columns.SampleColumns` (no dict per sample)."""
+        self.sink.add_columns(columns, rows, maybe_stored, origins)
+
     def flush(self) -> int:
         self.sink.flush()
         return self.sink.last_duplicates

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from streams.codec import BatchCodec, RejectedMessage, Sample
+from streams.columns import SampleColumns
 from streams.processor.normalize import Normalizer
 
 DLQ_HEADER_STAGE = "streams.dlq.stage"
@@ -99,6 +100,36 @@ class RecordProcessor:
                 raise RejectedMessage("normalize", "key_mismatch",
                                       f"record key {key!r} is not its samples' resource_id {rid!r}")
         return samples
+
+    def decode_into(self, value: bytes | None, key: bytes | None, columns: SampleColumns) -> int:
+        """Decode and verify one record into ``columns`` (no normalization: the caller normalizes the
+        batch column-wise, :meth:`Normalizer.normalize_columns`); check its key and that its samples
+        are of one resource.
+
+        Returns:
+            how many samples were appended (nothing stays appended if it raises).
+
+        Raises:
+            RejectedMessage: ``empty``, the codec's reasons, ``mixed_resources``, ``key_mismatch``.
+        """
+        if not value:
+            raise RejectedMessage("decode", "empty", "record has no value")
+        start = len(columns)
+        n = self.codec.decode_columns(value, columns)
+        if n:
+            rids = columns.resource_id
+            rid = rids[start]
+            mine = rids[start:start + n] if n > 1 else None
+            if mine is not None and mine.count(rid) != n:
+                other = next(r for r in mine if r != rid)
+                columns.truncate(start)
+                raise RejectedMessage("normalize", "mixed_resources",
+                                      f"samples of {rid!r} and {other!r} in one record")
+            if key is None or key != rid.encode():
+                columns.truncate(start)
+                raise RejectedMessage("normalize", "key_mismatch",
+                                      f"record key {key!r} is not its samples' resource_id {rid!r}")
+        return n
 
     def process(self, values: Sequence[bytes | None]) -> tuple[list[Sample], list[Rejection]]:
         """Process record values in order.

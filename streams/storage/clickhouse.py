@@ -38,6 +38,7 @@ import re
 import socket
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from clickhouse_driver import Client
 from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
@@ -232,6 +233,24 @@ class ClickHouseSink:
         mkeys.extend([list(md) for md in mds])
         mvals.extend([list(md.values()) for md in mds])
         src.extend([s.get("source") or "" for s in batch])
+
+    def add_columns(self, columns: Any, rows: Sequence[int] | None = None, maybe_stored: bool = True,
+                    origins: Sequence[int] | None = None) -> None:
+        """Buffer ``rows`` of ``columns`` (a :class:`~streams.columns.SampleColumns`; None: all of them):
+        :meth:`add` without a dict per sample. ``maybe_stored`` and ``origins`` as in :meth:`add`."""
+        n = len(columns) if rows is None else len(rows)
+        if not n:
+            return
+        if origins is None:
+            self._next_origin -= 1
+            origins = [self._next_origin] * n
+        elif len(origins) != n:
+            raise ValueError(f"{len(origins)} origins for {n} samples")
+        self._origins.extend(origins)
+        self._check.extend([maybe_stored] * n)
+        every = rows is None or (n == len(columns) and rows[0] == 0 and rows[-1] == n - 1)
+        for mine, theirs in zip(self._columns, columns.cols, strict=False):  # 15 sample columns of 16
+            mine.extend(theirs if every else [theirs[i] for i in rows])
 
     def _new_rows(self) -> tuple[list[list], list[int] | None]:
         """The buffered columns without samples already stored or repeated in the batch, and

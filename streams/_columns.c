@@ -1,0 +1,210 @@
+/*
+ * streams._columns: decode the samples of a streams.SampleBatch body straight into column lists.
+ *
+ * The processor stores samples as columns (one list per ClickHouse column). Decoding each sample
+ * into a dict and then picking the dicts apart costs more than the decode itself; this walks the
+ * Avro binary encoding (Avro spec, "Binary Encoding": zig-zag varints, length-prefixed UTF-8
+ * strings, little-endian doubles, unions as a branch index, arrays and maps in blocks) of the
+ * current schemas/sample.avsc field by field and appends each value to its column.
+ *
+ * decode_samples(data: bytes, pos: int, columns: tuple[list, ...16]) -> (count: int, end: int)
+ *   columns, in order: message_id, name, type, unit, volume, user_id, user_name, project_id,
+ *   project_name, resource_id, timestamp, monotonic_time, metadata keys (a list per sample),
+ *   metadata values (a list per sample), source, message_signature.
+ *   Reads the samples array starting at `pos`; returns how many samples were appended and the
+ *   position after the array. Raises ValueError on malformed input; on error the columns may
+ *   hold part of the record: the caller truncates them to their previous length.
+ *
+ * Nothing here is a general Avro decoder: a record written with another schema version has
+ * another fingerprint and is decoded by fastavro (streams.codec).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define NCOLS 16
+
+typedef struct {
+    const unsigned char *p;
+    const unsigned char *end;
+} Reader;
+
+static PyObject *ENUM_SYMBOLS[3];
+
+static int fail(const char *what) {
+    PyErr_Format(PyExc_ValueError, "malformed SampleBatch: %s", what);
+    return -1;
+}
+
+static int read_long(Reader *r, long long *out) {
+    unsigned long long acc = 0;
+    int shift = 0;
+    for (;;) {
+        if (r->p >= r->end) return fail("truncated varint");
+        unsigned char b = *r->p++;
+        acc |= ((unsigned long long)(b & 0x7F)) << shift;
+        if (!(b & 0x80)) break;
+        shift += 7;
+        if (shift > 63) return fail("varint too long");
+    }
+    *out = (long long)(acc >> 1) ^ -(long long)(acc & 1);
+    return 0;
+}
+
+static PyObject *read_string(Reader *r) {
+    long long n;
+    if (read_long(r, &n) < 0) return NULL;
+    if (n < 0 || n > r->end - r->p) {
+        fail("string length out of range");
+        return NULL;
+    }
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)r->p, (Py_ssize_t)n, "strict");
+    r->p += n;
+    return s;
+}
+
+static int read_double(Reader *r, double *out) {
+    if (r->end - r->p < 8) return fail("truncated double");
+    /* Avro doubles are little-endian IEEE 754: assemble the bits whatever the host's byte order */
+    unsigned long long bits = 0;
+    for (int i = 7; i >= 0; i--) bits = (bits << 8) | r->p[i];
+    r->p += 8;
+    memcpy(out, &bits, sizeof bits);
+    return 0;
+}
+
+/* Append a new reference to `list` and drop ours. */
+static int put(PyObject *list, PyObject *value) {
+    if (value == NULL) return -1;
+    int rc = PyList_Append(list, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+static int put_optional_string(Reader *r, PyObject *list) {
+    long long branch;
+    if (read_long(r, &branch) < 0) return -1;
+    if (branch == 0) return PyList_Append(list, Py_None);
+    if (branch != 1) return fail("bad union branch");
+    return put(list, read_string(r));
+}
+
+static int read_block_count(Reader *r, long long *count) {
+    if (read_long(r, count) < 0) return -1;
+    if (*count < 0) { /* negative count: a byte size follows (Avro spec) */
+        long long size;
+        if (read_long(r, &size) < 0) return -1;
+        *count = -*count;
+    }
+    return 0;
+}
+
+static int read_metadata(Reader *r, PyObject *keys_col, PyObject *values_col) {
+    PyObject *keys = PyList_New(0), *values = PyList_New(0);
+    if (keys == NULL || values == NULL) goto error;
+    for (;;) {
+        long long count;
+        if (read_block_count(r, &count) < 0) goto error;
+        if (count == 0) break;
+        if (count > r->end - r->p) { fail("map block count out of range"); goto error; }
+        for (long long i = 0; i < count; i++) {
+            if (put(keys, read_string(r)) < 0) goto error;
+            if (put(values, read_string(r)) < 0) goto error;
+        }
+    }
+    if (put(keys_col, keys) < 0) { keys = NULL; goto error; }
+    keys = NULL;
+    if (put(values_col, values) < 0) { values = NULL; goto error; }
+    return 0;
+error:
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    return -1;
+}
+
+static int read_sample(Reader *r, PyObject **cols) {
+    long long v;
+    double d;
+    if (put(cols[0], read_string(r)) < 0) return -1;                 /* message_id */
+    if (put(cols[1], read_string(r)) < 0) return -1;                 /* name */
+    if (read_long(r, &v) < 0) return -1;                             /* type (enum) */
+    if (v < 0 || v > 2) return fail("bad SampleType symbol");
+    if (PyList_Append(cols[2], ENUM_SYMBOLS[v]) < 0) return -1;
+    if (put(cols[3], read_string(r)) < 0) return -1;                 /* unit */
+    if (read_double(r, &d) < 0) return -1;                           /* volume */
+    if (put(cols[4], PyFloat_FromDouble(d)) < 0) return -1;
+    for (int c = 5; c <= 8; c++)                                     /* user/project id/name */
+        if (put_optional_string(r, cols[c]) < 0) return -1;
+    if (put(cols[9], read_string(r)) < 0) return -1;                 /* resource_id */
+    if (read_long(r, &v) < 0) return -1;                             /* timestamp (µs) */
+    if (put(cols[10], PyLong_FromLongLong(v)) < 0) return -1;
+    if (read_long(r, &v) < 0) return -1;                             /* monotonic_time */
+    if (v == 0) {
+        if (PyList_Append(cols[11], Py_None) < 0) return -1;
+    } else if (v == 1) {
+        if (read_double(r, &d) < 0) return -1;
+        if (put(cols[11], PyFloat_FromDouble(d)) < 0) return -1;
+    } else {
+        return fail("bad union branch");
+    }
+    if (read_metadata(r, cols[12], cols[13]) < 0) return -1;         /* resource_metadata */
+    if (put(cols[14], read_string(r)) < 0) return -1;                /* source */
+    return put_optional_string(r, cols[15]);                         /* message_signature */
+}
+
+static PyObject *decode_samples(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t pos;
+    PyObject *columns;
+    if (!PyArg_ParseTuple(args, "y*nO!", &buf, &pos, &PyTuple_Type, &columns)) return NULL;
+    PyObject *result = NULL;
+    if (PyTuple_GET_SIZE(columns) != NCOLS) {
+        PyErr_Format(PyExc_TypeError, "columns must be a tuple of %d lists", NCOLS);
+        goto done;
+    }
+    PyObject *cols[NCOLS];
+    for (int i = 0; i < NCOLS; i++) {
+        cols[i] = PyTuple_GET_ITEM(columns, i);
+        if (!PyList_Check(cols[i])) {
+            PyErr_SetString(PyExc_TypeError, "columns must be lists");
+            goto done;
+        }
+    }
+    if (pos < 0 || pos > buf.len) {
+        PyErr_SetString(PyExc_ValueError, "position out of range");
+        goto done;
+    }
+    Reader r = {(const unsigned char *)buf.buf + pos, (const unsigned char *)buf.buf + buf.len};
+    long long total = 0;
+    for (;;) {
+        long long count;
+        if (read_block_count(&r, &count) < 0) goto done;
+        if (count == 0) break;
+        if (count > r.end - r.p) { fail("array block count out of range"); goto done; }
+        for (long long i = 0; i < count; i++) {
+            if (read_sample(&r, cols) < 0) goto done;
+        }
+        total += count;
+    }
+    result = Py_BuildValue("Ln", total, (Py_ssize_t)(r.p - (const unsigned char *)buf.buf));
+done:
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"decode_samples", decode_samples, METH_VARARGS,
+     "decode_samples(data, pos, columns) -> (count, end): append the samples array at pos to 16 column lists."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "streams._columns", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__columns(void) {
+    const char *symbols[3] = {"gauge", "delta", "cumulative"};
+    for (int i = 0; i < 3; i++) {
+        ENUM_SYMBOLS[i] = PyUnicode_InternFromString(symbols[i]);
+        if (ENUM_SYMBOLS[i] == NULL) return NULL;
+    }
+    return PyModule_Create(&module);
+}
