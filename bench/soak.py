@@ -1,0 +1,211 @@
+"""``make soak``: the pipeline under a steady load for a long time; does anything grow?
+
+Runs the processor, the notifier and a load generator standing in for a fleet of pollers
+(signed records through the project's own ``KafkaPublisher``, ``--rate`` samples/s spread over
+``--resources`` resources, each record stamped with its send time), plus a few alarms on the
+generator's resources with ``log://`` actions, against the local services. Every ``--every``
+seconds it samples:
+
+* the processor's and the notifier's RSS (MiB);
+* the processor's consumer lag (records: high watermark minus committed offset, summed over partitions);
+* produce -> row visible, p99 over the interval (ms): one record in ten is a probe, whose rows are
+  looked for every 100 ms.
+
+At the end it prints the series and a verdict: RSS flat (the last third's mean within 10 % of the
+middle third's), lag flat (the last third's mean no higher than the middle third's plus one
+second of load), p99 under ``--p99-goal`` ms in every interval after the first. Not part of CI.
+
+Usage: ``python bench/soak.py [--minutes 30] [--rate 10000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+from confluent_kafka import Consumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from streams import devenv  # noqa: E402
+from streams.codec import BatchCodec  # noqa: E402
+from streams.config import load_settings  # noqa: E402
+from streams.processor.app import ensure_state_topic  # noqa: E402
+from streams.publisher import KafkaPublisher  # noqa: E402
+from streams.storage.clickhouse import connect  # noqa: E402
+from streams.storage.schema import migrate  # noqa: E402
+from streams.topics import create_topics  # noqa: E402
+
+METERS = [("cpu", "cumulative", "ns"), ("cpu_util", "gauge", "%"), ("memory.usage", "gauge", "B"),
+          ("disk.read.bytes", "cumulative", "B"), ("disk.write.bytes", "cumulative", "B"),
+          ("network.incoming.bytes", "cumulative", "B"), ("network.outgoing.bytes", "cumulative", "B")]
+
+
+def record(i: int, resources: int) -> list[dict]:
+    rid = f"soak-host-{i % resources}"
+    now = time.time_ns() // 1000
+    return [{"message_id": uuid.uuid4().hex, "name": m, "type": t, "unit": u,
+             "volume": float((i // resources) * 1e9 if m == "cpu" else (i * 7 + j) % 97), "user_id": None,
+             "user_name": None, "project_id": "soak", "project_name": None, "resource_id": rid, "timestamp": now,
+             "monotonic_time": None, "resource_metadata": {"kind": "host", "cpu_number": "4"}, "source": "soak",
+             "message_signature": None} for j, (m, t, u) in enumerate(METERS)]
+
+
+class Generator(threading.Thread):
+    """Produces ``rate`` samples/s; remembers the send time of one record in ten (the probes)."""
+
+    def __init__(self, settings, rate: int, resources: int) -> None:
+        super().__init__(daemon=True)
+        self.pub = KafkaPublisher(settings.kafka, BatchCodec(settings.signing.keyring()))
+        self.per_s = rate / len(METERS)
+        self.resources = resources
+        self.stop = threading.Event()
+        self.probes: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        start = time.time()
+        i = 0
+        while not self.stop.is_set():
+            delay = start + i / self.per_s - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            samples = record(i, self.resources)
+            if i % 10 == 0:
+                with self.lock:
+                    self.probes[samples[0]["message_id"]] = time.time()
+            self.pub.publish(samples)
+            self.pub.poll(0)
+            i += 1
+        self.pub.flush(30)
+
+
+def lag(settings, group: str, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
+        committed = c.committed(parts, timeout=10)
+        total = 0
+        for tp in committed:
+            _, high = c.get_watermark_offsets(tp, timeout=10)
+            total += high - (tp.offset if tp.offset >= 0 else 0)
+        return total
+    finally:
+        c.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--rate", type=int, default=10_000, help="samples/s")
+    ap.add_argument("--resources", type=int, default=2_000)
+    ap.add_argument("--every", type=float, default=30.0, help="seconds between measurements")
+    ap.add_argument("--p99-goal", type=float, default=1000.0, help="ms")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
+    args = ap.parse_args()
+
+    services = devenv.up()
+    name = f"soak{uuid.uuid4().hex[:8]}"
+    env = {**os.environ,
+           "STREAMS_KAFKA__BOOTSTRAP_SERVERS": services["kafka"],
+           "STREAMS_KAFKA__SAMPLES_TOPIC": f"{name}.samples", "STREAMS_KAFKA__DLQ_TOPIC": f"{name}.samples.dlq",
+           "STREAMS_KAFKA__ALARMS_TOPIC": f"{name}.alarms", "STREAMS_KAFKA__ALARMS_DLQ_TOPIC": f"{name}.alarms.dlq",
+           "STREAMS_CLICKHOUSE__URL": f"clickhouse://default@{services['clickhouse']}/{name}",
+           "STREAMS_COORDINATION__HOSTS": services["zookeeper"], "STREAMS_COORDINATION__ROOT": f"/{name}",
+           "STREAMS_SIGNING__KEYS": json.dumps({"soak": "soak-secret"}),
+           "STREAMS_PROCESSOR__APP_ID": name, "STREAMS_PROCESSOR__PIPELINE": str(ROOT / "etc" / "pipeline.yaml"),
+           "STREAMS_PROCESSOR__DATA_DIR": str(devenv.dev_dir() / "soak" / name),
+           "STREAMS_NOTIFIER__GROUP_ID": f"{name}-notifier", "STREAMS_LOG_LEVEL": "WARNING"}
+    env.pop("STREAMS_CONFIG", None)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("STREAMS_")})
+    settings = load_settings()
+    create_topics(settings.kafka)
+    create_topics(settings.kafka, [settings.kafka.alarms_topic, settings.kafka.alarms_dlq_topic])
+    ensure_state_topic(settings)
+    ch = connect(settings.clickhouse)
+    migrate(ch, name)
+    logs = devenv.dev_dir() / "soak"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def spawn(*argv: str) -> subprocess.Popen:
+        out = open(logs / f"{name}-{argv[0]}.log", "w")
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+    for i, threshold in enumerate((50, 80, 95)):
+        subprocess.run([sys.executable, "-m", "streams.cli", "alarm", "create", "--id", f"soak-{i}", "--name",
+                        f"soak {i}", "--meter", "cpu_util", "--operator", "gt", "--threshold", str(threshold),
+                        "--period", "10", "--evaluation-periods", "2", "--resource-id", f"soak-host-{i}*",
+                        "--alarm-action", "log://", "--ok-action", "log://"], env=env, check=True,
+                       capture_output=True)
+    processor, notifier = spawn("process"), spawn("notify", "--metrics-port", "0")
+    time.sleep(10)
+    gen = Generator(settings, args.rate, args.resources)
+    gen.start()
+    series = []
+    seen: dict[str, float] = {}
+    end = time.time() + args.minutes * 60
+    try:
+        while time.time() < end:
+            window_end = time.time() + args.every
+            lats: list[float] = []
+            while time.time() < window_end:
+                with gen.lock:
+                    pending = [m for m in gen.probes if m not in seen]
+                if pending:
+                    rows = ch.execute(f"SELECT message_id FROM {name}.samples WHERE message_id IN %(ids)s",
+                                      {"ids": tuple(pending[-2000:])})
+                    now = time.time()
+                    with gen.lock:
+                        for (mid,) in rows:
+                            seen[mid] = now
+                            lats.append((now - gen.probes.pop(mid)) * 1000)
+                time.sleep(0.1)
+            for p in (processor, notifier):
+                if p.poll() is not None:
+                    raise SystemExit(f"{p.args[3]} exited with {p.returncode}; see {logs}")
+            point = {"t_s": round(args.minutes * 60 - (end - time.time())),
+                     "processor_rss_mib": round(psutil.Process(processor.pid).memory_info().rss / 2**20, 1),
+                     "notifier_rss_mib": round(psutil.Process(notifier.pid).memory_info().rss / 2**20, 1),
+                     "lag_records": lag(settings, name, settings.kafka.samples_topic),
+                     "p99_ms": round(statistics.quantiles(lats, n=100)[98]) if len(lats) > 10 else None,
+                     "probes": len(lats)}
+            series.append(point)
+            print(json.dumps(point), flush=True)
+            seen.clear()
+    finally:
+        gen.stop.set()
+        gen.join(60)
+        for p in (processor, notifier):
+            p.terminate()
+            p.wait(60)
+    third = max(1, len(series) // 3)
+    middle, last = series[third:2 * third] or series, series[-third:]
+
+    def mean(key: str, points: list[dict]) -> float:
+        return statistics.fmean(p[key] for p in points)
+
+    rss_flat = mean("processor_rss_mib", last) <= 1.10 * mean("processor_rss_mib", middle)
+    lag_flat = mean("lag_records", last) <= mean("lag_records", middle) + args.rate / len(METERS)
+    p99s = [p["p99_ms"] for p in series[1:] if p["p99_ms"] is not None]
+    p99_ok = bool(p99s) and max(p99s) < args.p99_goal
+    verdict = {"rss_flat": rss_flat, "lag_flat": lag_flat, "p99_under_goal": p99_ok,
+               "ok": rss_flat and lag_flat and p99_ok}
+    result = {"minutes": args.minutes, "rate": args.rate, "series": series, "verdict": verdict}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print("== verdict:", json.dumps(verdict))
+    ch.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+if __name__ == "__main__":
+    main()
