@@ -125,7 +125,8 @@ def main() -> None:
            "STREAMS_SIGNING__KEYS": json.dumps({"soak": "soak-secret"}),
            "STREAMS_PROCESSOR__APP_ID": name, "STREAMS_PROCESSOR__PIPELINE": str(ROOT / "etc" / "pipeline.yaml"),
            "STREAMS_PROCESSOR__DATA_DIR": str(devenv.dev_dir() / "soak" / name),
-           "STREAMS_NOTIFIER__GROUP_ID": f"{name}-notifier", "STREAMS_LOG_LEVEL": "WARNING"}
+           "STREAMS_NOTIFIER__GROUP_ID": f"{name}-notifier",
+           "STREAMS_LOG_LEVEL": os.environ.get("SOAK_LOG_LEVEL", "WARNING")}
     env.pop("STREAMS_CONFIG", None)
     os.environ.update({k: v for k, v in env.items() if k.startswith("STREAMS_")})
     settings = load_settings()
