@@ -175,7 +175,8 @@ class ClickHouseSink:
     def __init__(self, settings: ClickHouseSettings, retry_for: float = 300.0,
                  connection: Connection | None = None) -> None:
         self.settings = settings
-        self.conn = connection or open_connection(settings.url, settings.database, settings.insert_block_size)
+        self.conn = connection or open_connection(settings.url, settings.database, settings.insert_block_size,
+                                                  ca_file=settings.ca_file)
         db = quote_ident(self.conn.database)
         self.table = f"{db}.samples"
         self._flushes = f"{db}.sink_flushes"

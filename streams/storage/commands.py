@@ -27,17 +27,18 @@ def _connection(settings: Settings):
 
 
 def migrate_command(settings: Settings) -> None:
-    """Apply pending migrations and print what was applied, then the tables."""
+    """Apply pending migrations (on every node of a cluster) and print what was applied, then the tables."""
+    from streams.storage import layout
     from streams.storage.migrations import apply
     from streams.storage.schema import quote_ident
 
     s = settings.clickhouse
     conn = _connection(settings)
     try:
-        done = apply(conn, retention_days=s.retention_days,
-                     readonly_password=s.readonly_password.get_secret_value())
+        done = apply(conn, retention_days=s.retention_days, layout=layout(settings))
         for m in done:
-            click.echo(f"applied {m.version:>3} {m.name}" + (f"  ({m.note})" if m.note else ""))
+            click.echo(f"applied {m.version:>3} {m.name}" + (f" on {m.node}" if m.node else "")
+                       + (f"  ({m.note})" if m.note else ""))
         if not done:
             click.echo("nothing to apply")
         tables = [r[0] for r in conn.execute(f"SHOW TABLES FROM {quote_ident(conn.database)}")]
@@ -47,19 +48,22 @@ def migrate_command(settings: Settings) -> None:
 
 
 def status_command(settings: Settings) -> None:
-    """Print one line per migration: version, name, applied time or ``pending``."""
+    """Print one line per migration: version, name, applied time or ``pending`` (per node in a cluster)."""
+    from streams.storage import layout
     from streams.storage.migrations import status
 
     conn = _connection(settings)
     try:
-        states = status(conn)
+        states = status(conn, layout(settings))
     finally:
         conn.close()
     for m in states:
         when = m.applied_at or "pending"
-        click.echo(f"{m.version:>3}  {m.name:<24} {when}" + (f"  ({m.note})" if m.note else ""))
+        click.echo((f"{m.node:<22} " if m.node else "") + f"{m.version:>3}  {m.name:<24} {when}"
+                   + (f"  ({m.note})" if m.note else ""))
     pending = sum(m.applied_at is None for m in states)
-    click.echo(f"{len(states) - pending} applied, {pending} pending")
+    click.echo(f"{len(states) - pending} applied, {pending} pending"
+               + (f" on {len({m.node for m in states})} nodes" if states and states[0].node else ""))
 
 
 def render_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
