@@ -167,9 +167,11 @@ class ClickHouseSettings(_Section):
     def _check_cluster(cls, v: str | None) -> str | None:
         import re
 
-        if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+        if not v:
+            return None  # '' (e.g. STREAMS_CLICKHOUSE__CLUSTER=) means one server
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
             raise ValueError(f"cluster name {v!r} is not a plain identifier")
-        return v or None
+        return v
 
     @model_validator(mode="after")
     def _cluster_needs_a_server(self) -> ClickHouseSettings:

@@ -296,8 +296,11 @@ class ClusterLayout:
             zk.close()
 
 
-def free_base_port(nodes: int, low: int = 20000, high: int = 60000, tries: int = 200) -> int:
+def free_base_port(nodes: int, low: int = 20000, high: int = 32000, tries: int = 200) -> int:
     """A base port with ``10 * nodes`` ports free after it, for a private cluster (tests).
+
+    The range stays below Linux's ephemeral ports (32768-60999), which outgoing
+    connections take at random.
 
     :raises DevEnvError: none found after ``tries`` random probes.
     """
