@@ -162,6 +162,13 @@ class ClickHouseSettings(_Section):
             return (parse_qs(parts.query).get("database") or ["streams"])[0]
         return parts.path.strip("/") or "streams"
 
+    @field_validator("readonly_networks")
+    @classmethod
+    def _check_networks(cls, v: list[str]) -> list[str]:
+        from streams.storage.access import check_networks
+
+        return check_networks(v)
+
     @field_validator("cluster")
     @classmethod
     def _check_cluster(cls, v: str | None) -> str | None:

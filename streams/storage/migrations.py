@@ -74,8 +74,9 @@ class MigrationState:
     node: str = ""
 
 
-def _nodes(conn: Connection, layout: Layout) -> list[tuple[str, Connection]]:
-    """('' , conn) on one server; (host:port, connection) per node of the cluster."""
+def nodes(conn: Connection, layout: Layout) -> list[tuple[str, Connection]]:
+    """``('', conn)`` on one server; ``(host:port, connection)`` per node of the cluster
+    (the caller closes those that are not ``conn``)."""
     if not layout.cluster:
         return [("", conn)]
     if not isinstance(conn, ServerConnection):
@@ -101,7 +102,7 @@ def status(conn: Connection, layout: Layout = SINGLE) -> list[MigrationState]:
         clickhouse_driver.errors.Error: a node is unreachable.
     """
     out: list[MigrationState] = []
-    for node, c in _nodes(conn, layout):
+    for node, c in nodes(conn, layout):
         try:
             out += _node_status(c, node)
         finally:
@@ -152,7 +153,7 @@ def apply(conn: Connection, retention_days: int = 0, layout: Layout = SINGLE) ->
     """
     options = Options(retention_days, layout)
     done: list[MigrationState] = []
-    for node, c in _nodes(conn, layout):
+    for node, c in nodes(conn, layout):
         try:
             done += _apply_node(c, node, options)
         finally:
