@@ -24,7 +24,15 @@ from streams.devenv.base import (
 )
 from streams.devenv.clickhouse import CLUSTER_FILE, ClickHouse, ClusterLayout
 from streams.devenv.kafka import KafkaBroker
-from streams.devenv.process import launch, locked, managed_process, stop_process, wait_answering, wait_ready
+from streams.devenv.process import (
+    launch,
+    locked,
+    managed_process,
+    stop_process,
+    stop_processes,
+    wait_answering,
+    wait_ready,
+)
 from streams.devenv.zookeeper import ZooKeeper
 
 log = logging.getLogger(__name__)
@@ -154,13 +162,19 @@ def start(svcs: list[Service], timeout: float | None = None) -> list[UpResult]:
 
 
 def stop(svcs: list[Service], purge: bool = False, sig: int = signal.SIGTERM) -> dict[str, str]:
-    """Stop those of ``svcs`` that were started by :func:`start` or :func:`up` (found by pid file),
-    in reverse order; ``sig=SIGKILL`` crashes them instead (failure tests). No dev-dir lock.
+    """Stop those of ``svcs`` that were started by :func:`start` or :func:`up` (found by pid file):
+    cluster nodes all at once, then the others in reverse order; ``sig=SIGKILL`` crashes them
+    instead (failure tests). No dev-dir lock.
 
     :returns: ``{service: outcome}``, see :func:`down`.
     """
     outcomes: dict[str, str] = {}
-    for svc in reversed(svcs):  # cluster nodes before the ZooKeeper they use
+    nodes = [s for s in svcs if s.name not in SERVICE_CLASSES]
+    base = [s for s in svcs if s.name in SERVICE_CLASSES]
+    running = [(s, p) for s in nodes if (p := managed_process(s)) is not None]
+    stop_processes(running, sig=sig)  # cluster nodes together, before the ZooKeeper they use
+    outcomes.update({s.name: f"stopped pid {p.pid}" for s, p in running})
+    for svc in reversed(base + [s for s in nodes if s.name not in outcomes]):
         proc = managed_process(svc)
         if proc is not None:
             stop_process(svc, proc, sig=sig)
@@ -169,11 +183,11 @@ def stop(svcs: list[Service], purge: bool = False, sig: int = signal.SIGTERM) ->
             outcomes[svc.name] = "external, left alone"
         else:
             outcomes[svc.name] = "not running"
-        if purge:
-            for d in svc.data_dirs:
-                if d.exists():
-                    shutil.rmtree(d)
-                    log.info("%s: purged %s", svc.name, d)
+    for svc in svcs if purge else ():
+        for d in svc.data_dirs:
+            if d.exists():
+                shutil.rmtree(d)
+                log.info("%s: purged %s", svc.name, d)
     return {s.name: outcomes[s.name] for s in svcs}
 
 

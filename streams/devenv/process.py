@@ -180,32 +180,42 @@ def stop_process(svc: Service, proc: psutil.Process, timeout: float = STOP_TIMEO
 
     :raises DevEnvError: the process survived SIGKILL.
     """
-    pid = proc.pid
+    stop_processes([(svc, proc)], timeout, sig)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the process group ``pid`` leads (its own session), else the process alone; never our group."""
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
-        pgid = None
-    # Only signal the whole group if the service leads it (its own session); never our own group.
-    use_group = pgid == pid and pgid != os.getpgid(0)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if pgid == pid and pgid != os.getpgid(0):
+            os.killpg(pgid, sig)
+        else:
+            os.kill(pid, sig)
 
-    def signal_all(s: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if use_group:
-                os.killpg(pgid, s)
-            else:
-                os.kill(pid, s)
 
-    signal_all(sig)
-    if not _wait_gone(pid, timeout):
-        log.warning("%s: pid %d still running %.0fs after signal %d, sending SIGKILL", svc.name, pid, timeout, sig)
-        signal_all(signal.SIGKILL)
-        if not _wait_gone(pid, 10):
-            raise DevEnvError(f"{svc.name}: pid {pid} survived SIGKILL")
-    if use_group:  # leftovers in the group (there should be none)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-    _forget(svc, pid)
-    log.info("%s: stopped pid %d", svc.name, pid)
+def stop_processes(pairs: list[tuple[Service, psutil.Process]], timeout: float = STOP_TIMEOUT,
+                   sig: int = signal.SIGTERM) -> None:
+    """:func:`stop_process` for several services at once: signal them all, then wait for each.
+
+    :raises DevEnvError: a process survived SIGKILL.
+    """
+    for _, proc in pairs:
+        _signal_group(proc.pid, sig)
+    deadline = time.monotonic() + timeout
+    for svc, proc in pairs:
+        pid = proc.pid
+        if not _wait_gone(pid, max(0.0, deadline - time.monotonic())):
+            log.warning("%s: pid %d still running %.0fs after signal %d, sending SIGKILL", svc.name, pid, timeout,
+                        sig)
+            _signal_group(pid, signal.SIGKILL)
+            if not _wait_gone(pid, 10):
+                raise DevEnvError(f"{svc.name}: pid {pid} survived SIGKILL")
+        _signal_group(pid, signal.SIGKILL)  # leftovers in the group (there should be none)
+        _forget(svc, pid)
+        log.info("%s: stopped pid %d", svc.name, pid)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
