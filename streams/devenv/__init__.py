@@ -81,13 +81,13 @@ from streams.devenv.base import (
     dev_dir,
 )
 from streams.devenv.cli import dev
-from streams.devenv.clickhouse import ClickHouse, ClickHouseNode, ClusterLayout, free_base_port
+from streams.devenv.clickhouse import ClickHouse, ClickHouseNode, ClusterLayout, PrivateClickHouse, free_base_port
 from streams.devenv.kafka import KafkaBroker
 from streams.devenv.zookeeper import ZooKeeper
 
 __all__ = [
     "HOST", "SERVICE_CLASSES", "SERVICE_NAMES", "ClickHouse", "ClickHouseNode", "ClusterLayout", "DevEnvError",
-    "KafkaBroker", "MissingDependencyError", "PortInUseError", "Service", "ServiceStartError", "UpResult",
-    "ZooKeeper", "addresses", "dev", "dev_dir", "down", "free_base_port", "kill", "restart", "start", "status",
-    "stop", "up", "up_detailed",
+    "KafkaBroker", "MissingDependencyError", "PortInUseError", "PrivateClickHouse", "Service", "ServiceStartError",
+    "UpResult", "ZooKeeper", "addresses", "dev", "dev_dir", "down", "free_base_port", "kill", "restart", "start",
+    "status", "stop", "up", "up_detailed",
 ]

@@ -312,26 +312,16 @@ def free_base_port(nodes: int, low: int = 20000, high: int = 32000, tries: int =
     raise DevEnvError(f"no free range of {10 * nodes} ports found in {low}..{high}")
 
 
-class ClickHouseNode(ClickHouse):
-    """One shard replica of a :class:`ClusterLayout`: service name ``clickhouse-s<shard>r<replica>``.
-
-    Its config adds ``remote_servers`` (cluster ``layout.name``, ``internal_replication``
-    so Replicated tables replicate and a Distributed insert writes one replica),
-    ``macros`` (``shard`` = shard number, ``replica`` = the service name, ``cluster``),
-    the interserver port replicas fetch parts from, and ``zookeeper``.
-    """
+class PrivateClickHouse(ClickHouse):
+    """The dev server on its own ports and directory (never the shared one): native ``base``,
+    http ``base + 1``, interserver ``base + 2``, TLS ``base + 3``. For tests that need a server
+    they may stop; see :func:`free_base_port`."""
 
     port_env = ""
 
-    def __init__(self, root: Path, layout: ClusterLayout, shard: int, replica: int):
+    def __init__(self, root: Path, base: int):
         super().__init__(root)
-        self.layout, self.shard, self.replica = layout, shard, replica
-        self.index = (shard - 1) * layout.replicas + (replica - 1)
-        self.name = f"clickhouse-s{shard}r{replica}"
-
-    @property
-    def base(self) -> int:
-        return self.layout.base_port + 10 * self.index
+        self.base = base
 
     @property
     def port(self) -> int:
@@ -348,6 +338,22 @@ class ClickHouseNode(ClickHouse):
     @property
     def tls_port(self) -> int:
         return self.base + 3
+
+
+class ClickHouseNode(PrivateClickHouse):
+    """One shard replica of a :class:`ClusterLayout`: service name ``clickhouse-s<shard>r<replica>``.
+
+    Its config adds ``remote_servers`` (cluster ``layout.name``, ``internal_replication``
+    so Replicated tables replicate and a Distributed insert writes one replica),
+    ``macros`` (``shard`` = shard number, ``replica`` = the service name, ``cluster``),
+    the interserver port replicas fetch parts from, and ``zookeeper``.
+    """
+
+    def __init__(self, root: Path, layout: ClusterLayout, shard: int, replica: int):
+        self.layout, self.shard, self.replica = layout, shard, replica
+        self.index = (shard - 1) * layout.replicas + (replica - 1)
+        super().__init__(root, layout.base_port + 10 * self.index)
+        self.name = f"clickhouse-s{shard}r{replica}"
 
     @property
     def extra(self) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """TLS to ClickHouse: every client verifies the server against clickhouse.ca_file; an untrusted CA is refused.
 
-A private ClickHouse 18.16 (the dev config, on free ports) serves the native protocol over
+A private ClickHouse 18.16 (``devenv.PrivateClickHouse``: the dev config on free ports) serves the native protocol over
 TLS with a certificate from its dev dir's own CA (streams.devenv.tls). It is started and
 stopped here; the shared server is not touched.
 """
@@ -22,31 +22,9 @@ from streams.storage.clickhouse import ClickHouseSink
 from tests.conftest import make_test_sample, recent_hour_us
 
 
-class PrivateClickHouse(devenv.ClickHouse):
-    """The dev ClickHouse's config and command on its own ports and directory."""
-
-    port_env = ""
-
-    def __init__(self, root, base: int) -> None:
-        super().__init__(root)
-        self.base = base
-
-    @property
-    def port(self) -> int:
-        return self.base
-
-    @property
-    def http_port(self) -> int:
-        return self.base + 1
-
-    @property
-    def tls_port(self) -> int:
-        return self.base + 3
-
-
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
-    svc = PrivateClickHouse(tmp_path_factory.mktemp("clickhouse-tls"), devenv.free_base_port(1))
+    svc = devenv.PrivateClickHouse(tmp_path_factory.mktemp("clickhouse-tls"), devenv.free_base_port(1))
     devenv.start([svc])
     try:
         yield svc
