@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from clickhouse_driver.errors import NetworkError, ServerException
 
-from streams.storage.cluster import Shard, ShardWriter, Topology, is_transient, shard_hash
+from streams.storage.clickhouse import classify
+from streams.storage.cluster import Shard, ShardWriter, Topology, shard_hash
 
 
 def test_shard_hash_is_clickhouses_halfmd5(chdb_conn):
@@ -52,6 +53,10 @@ def _writer(*replicas) -> ShardWriter:
     return ShardWriter(FakeEntry(replicas), "c", "db.samples_local")
 
 
+def transient(exc) -> bool:
+    return classify(exc) == "transient"
+
+
 def work(conn):
     if conn.error:
         raise conn.error
@@ -62,32 +67,32 @@ def work(conn):
 def test_a_dead_replica_is_skipped_and_the_writer_stays_on_the_live_one():
     dead, live = FakeReplica(("h", 1), NetworkError("refused")), FakeReplica(("h", 2))
     w = _writer(dead, live)
-    assert w.run(0, work, needs_sync=True) == ("h", 2)
-    assert w.run(0, work, needs_sync=True) == ("h", 2) and live.work == 2 and dead.closed == 1
+    assert w.run(0, work, needs_sync=True, transient=transient) == ("h", 2)
+    assert w.run(0, work, needs_sync=True, transient=transient) == ("h", 2) and live.work == 2 and dead.closed == 1
 
 
 def test_no_live_replica_raises_the_transient_error_and_bad_data_is_not_retried_elsewhere():
     w = _writer(FakeReplica(("h", 1), NetworkError("refused")), FakeReplica(("h", 2), NetworkError("refused")))
     with pytest.raises(NetworkError):
-        w.run(0, work, needs_sync=False)
+        w.run(0, work, needs_sync=False, transient=transient)
     bad = ServerException("Cannot parse input", code=27)
     first, second = FakeReplica(("h", 1), bad), FakeReplica(("h", 2))
     with pytest.raises(ServerException):
-        _writer(first, second).run(0, work, needs_sync=False)
+        _writer(first, second).run(0, work, needs_sync=False, transient=transient)
     assert second.work == 0
 
 
 def test_replica_and_zookeeper_errors_are_transient_data_errors_are_not():
-    assert is_transient(ServerException("Table is in readonly mode", code=242))
-    assert is_transient(ServerException("All connection tries failed", code=279))
-    assert is_transient(ConnectionRefusedError())
-    assert not is_transient(ServerException("Cannot parse input", code=27))
-    assert not is_transient(ValueError("x"))
+    assert transient(ServerException("Table is in readonly mode", code=242))
+    assert transient(ServerException("All connection tries failed", code=279))
+    assert transient(ConnectionRefusedError())
+    assert not transient(ServerException("Cannot parse input", code=27))
+    assert not transient(ValueError("x"))
 
 
 def test_a_lagging_replica_gets_time_to_catch_up_then_is_used_with_a_warning(caplog, monkeypatch):
     monkeypatch.setattr(ShardWriter, "CATCH_UP_WAIT", 0.3)
     behind = FakeReplica(("h", 1), lag=(5, 2))
     w = _writer(behind)
-    assert w.run(0, work, needs_sync=True) == ("h", 1)
+    assert w.run(0, work, needs_sync=True, transient=transient) == ("h", 1)
     assert "has not caught up" in caplog.text
