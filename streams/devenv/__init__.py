@@ -63,7 +63,6 @@ from streams.devenv.api import (
     UpResult,
     addresses,
     down,
-    kill,
     restart,
     start,
     status,
@@ -88,6 +87,6 @@ from streams.devenv.zookeeper import ZooKeeper
 __all__ = [
     "HOST", "SERVICE_CLASSES", "SERVICE_NAMES", "ClickHouse", "ClickHouseNode", "ClusterLayout", "DevEnvError",
     "KafkaBroker", "MissingDependencyError", "PortInUseError", "PrivateClickHouse", "Service", "ServiceStartError",
-    "UpResult", "ZooKeeper", "addresses", "dev", "dev_dir", "down", "free_base_port", "kill", "restart", "start",
+    "UpResult", "ZooKeeper", "addresses", "dev", "dev_dir", "down", "free_base_port", "restart", "start",
     "status", "stop", "up", "up_detailed",
 ]

@@ -305,9 +305,3 @@ def status() -> dict[str, dict]:
 def addresses() -> dict[str, str]:
     """Configured ``{service: "127.0.0.1:PORT"}`` (env overrides applied); starts nothing."""
     return {svc.name: svc.address for svc in _services()}
-
-
-def kill(service: str) -> None:
-    """SIGKILL one service of the dev dir started by :func:`up` (a crash, for failure tests);
-    :func:`up` or :func:`restart` brings it back with its data."""
-    stop(_services([service]), sig=signal.SIGKILL)
