@@ -70,15 +70,15 @@ def cluster(services, tmp_path_factory):
            "STREAMS_DEV_CLICKHOUSE_CLUSTER_ZK_ROOT": chroot}
     env.pop("STREAMS_CONFIG", None)
     c = LocalCluster(root, env, [])
-    out = c.dev("up", "--clickhouse-cluster", "2x2")
-    for name in ("clickhouse-s1r1", "clickhouse-s1r2", "clickhouse-s2r1", "clickhouse-s2r2"):
-        assert f"{name} " in out and "started pid" in out.split(name)[1].splitlines()[0]
-    assert "already answering" in out.split("clickhouse ", 1)[1].splitlines()[0]  # the shared one, left alone
-    c.nodes = devenv.ClusterLayout.load(root).nodes(root)
     try:
+        out = c.dev("up", "--clickhouse-cluster", "2x2")
+        for name in ("clickhouse-s1r1", "clickhouse-s1r2", "clickhouse-s2r1", "clickhouse-s2r2"):
+            assert f"{name} " in out and "started pid" in out.split(name)[1].splitlines()[0]
+        assert "already answering" in out.split("clickhouse ", 1)[1].splitlines()[0]  # the shared one, left alone
+        c.nodes = devenv.ClusterLayout.load(root).nodes(root)
         yield c
     finally:
-        down = c.dev("down")
+        down = c.dev("down")  # also after a failed up: the nodes that did start are stopped
         assert all(f"{n.name:<16} stopped pid" in down for n in c.nodes), down
         assert "clickhouse       external, left alone" in down
         from kazoo.client import KazooClient
