@@ -23,7 +23,7 @@ from streams.codec import BatchCodec
 from streams.config import load_settings
 from streams.publisher import KafkaPublisher
 from streams.storage.clickhouse import connect
-from streams.storage.schema import migrate
+from streams.storage.migrations import migrate
 from streams.topics import create_topics
 
 GOAL_MIB = 600

@@ -51,7 +51,7 @@ from streams.config import load_settings  # noqa: E402
 from streams.publisher import KafkaPublisher  # noqa: E402
 from streams.signing import Keyring  # noqa: E402
 from streams.storage.clickhouse import connect  # noqa: E402
-from streams.storage.schema import migrate  # noqa: E402
+from streams.storage.migrations import migrate  # noqa: E402
 from streams.topics import create_topics  # noqa: E402
 
 KEYS = {"bench": "bench-secret"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -105,7 +105,8 @@ class KafkaSettings(_Section):
 
 class ClickHouseSettings(_Section):
     """Where rows go, by URL scheme (streams.storage.backend):
-    ``clickhouse://user:password@host:port/database`` (a server, native protocol) or
+    ``clickhouse://user:password@host:port/database`` (a server, native protocol),
+    ``clickhouses://...`` or ``?secure=true`` (the same over verified TLS), or
     ``chdb:///path/to/dir[?database=NAME]`` (ClickHouse in-process, no server; needs PyPI ``chdb``)."""
 
     url: str = Field("clickhouse://default@127.0.0.1:19000/streams", description="Sink URL.")
@@ -118,7 +119,24 @@ class ClickHouseSettings(_Section):
         "never count a redelivered sample twice. See docs/storage.md."
     )
     readonly_password: SecretStr = Field(
-        SecretStr(""), description="Password of the read-only `grafana` user created by migration 6 (>= 20.4)."
+        SecretStr(""), description="Password of the read-only `grafana` user, set by every `schema migrate` "
+        "(>= 20.4); without one the user is not created."
+    )
+    readonly_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Networks (IP or CIDR) the `grafana` user may connect from, set by every `schema migrate`.",
+    )
+    ca_file: str | None = Field(
+        None, description="PEM CA bundle that verifies the server's TLS certificate (clickhouses://); "
+        "None = the system's CAs."
+    )
+    cluster: str | None = Field(
+        None, description="Cluster name in the servers' remote_servers: Replicated tables, Distributed reads, "
+        "the sink writes each shard (docs/storage.md). None = one server."
+    )
+    zookeeper_path: str | None = Field(
+        None, description="ZooKeeper path of the Replicated tables in cluster mode; None = "
+        "<coordination.root>/clickhouse."
     )
 
     @field_validator("url")
@@ -129,8 +147,9 @@ class ClickHouseSettings(_Section):
             if not (parts.netloc + parts.path).strip("/"):
                 raise ValueError("chdb URL names no directory, e.g. chdb:///var/lib/streams")
             return v
-        if parts.scheme != "clickhouse":
-            raise ValueError(f"unsupported sink scheme {parts.scheme!r}; expected clickhouse:// or chdb://")
+        if parts.scheme not in ("clickhouse", "clickhouses"):
+            raise ValueError(f"unsupported sink scheme {parts.scheme!r}; expected clickhouse://, clickhouses:// "
+                             "or chdb://")
         if not parts.hostname:
             raise ValueError("sink URL has no host")
         return v
@@ -143,15 +162,36 @@ class ClickHouseSettings(_Section):
             return (parse_qs(parts.query).get("database") or ["streams"])[0]
         return parts.path.strip("/") or "streams"
 
+    @field_validator("readonly_networks")
+    @classmethod
+    def _check_networks(cls, v: list[str]) -> list[str]:
+        from streams.storage.access import check_networks
+
+        return check_networks(v)
+
+    @field_validator("cluster")
+    @classmethod
+    def _check_cluster(cls, v: str | None) -> str | None:
+        import re
+
+        if not v:
+            return None  # '' (e.g. STREAMS_CLICKHOUSE__CLUSTER=) means one server
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError(f"cluster name {v!r} is not a plain identifier")
+        return v
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_server(self) -> ClickHouseSettings:
+        if self.cluster and urlsplit(self.url).scheme == "chdb":
+            raise ValueError("clickhouse.cluster needs a server URL (clickhouse:// or clickhouses://), not chdb://")
+        return self
+
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`clickhouse_driver.Client` (database not selected)."""
-        p = urlsplit(self.url)
-        return {
-            "host": p.hostname,
-            "port": p.port or 9000,
-            "user": unquote(p.username or "default"),
-            "password": unquote(p.password or ""),
-        }
+        """Keyword arguments for :class:`clickhouse_driver.Client` (database not selected; TLS per the URL,
+        verified against ``ca_file``)."""
+        from streams.storage.backend import client_kwargs
+
+        return client_kwargs(self.url, self.ca_file)
 
 
 class SigningSettings(_Section):

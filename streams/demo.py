@@ -116,7 +116,7 @@ def demo(ctx: click.Context, duration: int, keep_services: bool) -> None:
     from streams import devenv
     from streams.config import load_settings
     from streams.storage.clickhouse import connect
-    from streams.storage.schema import migrate
+    from streams.storage.migrations import migrate
     from streams.topics import create_topics
 
     config = Path(ctx.obj.config) if ctx.obj and ctx.obj.config else DEFAULT_CONFIG

@@ -221,11 +221,10 @@ def alarm_history(alarm_id: str, resource_id: str | None, limit: int) -> None:
     """State transitions of an alarm from ClickHouse alarm_history, oldest first."""
     from datetime import datetime
 
-    from streams.storage.backend import open_connection
+    from streams.storage import open_connection
     from streams.storage.schema import quote_ident
 
-    s = _ctx_settings().clickhouse
-    conn = open_connection(s.url, s.database)
+    conn = open_connection(_ctx_settings().clickhouse)
     try:
         where = "alarm_id = %(a)s" + (" AND resource_id = %(r)s" if resource_id else "")
         rows = conn.execute(

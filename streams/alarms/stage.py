@@ -167,10 +167,9 @@ class AlarmStage:
         if not rows:
             return 0
         if self._conn is None:
-            from streams.storage.backend import open_connection
+            from streams.storage import open_connection
 
-            c = self.settings.clickhouse
-            self._conn = open_connection(c.url, c.database, c.insert_block_size)
+            self._conn = open_connection(self.settings.clickhouse)
         data = [[e.event_id for e in rows], [e.alarm_id for e in rows], [e.alarm_name for e in rows],
                 [STATE_TRANSITION] * len(rows), [e.severity for e in rows], [e.project_id or "" for e in rows],
                 [e.resource_id for e in rows], [e.previous for e in rows], [e.current for e in rows],

@@ -107,18 +107,24 @@ class HistoryStore:
     :class:`~streams.storage.backend.StorageError` when the store fails.
     """
 
-    def __init__(self, url: str, database: str) -> None:
+    def __init__(self, url: str, database: str, ca_file: str | None = None, cluster: str | None = None) -> None:
         self.url = url
         self.database = database
+        self.ca_file = ca_file  # clickhouse.ca_file: verifies the server's TLS certificate
+        self.cluster = cluster  # clickhouse.cluster: inserts into the Distributed table are synchronous
         self._conn = None
         self._lock = threading.Lock()
 
-    def _execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+    def _open(self):
         from streams.storage.backend import open_connection
 
+        return open_connection(self.url, self.database, ca_file=self.ca_file,
+                               settings={"insert_distributed_sync": 1} if self.cluster else None)
+
+    def _execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         with self._lock:
             if self._conn is None:
-                self._conn = open_connection(self.url, self.database)
+                self._conn = self._open()
             try:
                 return self._conn.execute(sql.replace("{table}", self._table), params or {})
             except Exception:
@@ -187,8 +193,6 @@ class HistoryStore:
     def record_state_change(self, definition: AlarmDefinition, previous: str, state: str, now_us: int,
                             actor: dict[str, Any]) -> str:
         """Append the API's ``state transition`` row for ``definition``; return its event id."""
-        from streams.storage.backend import open_connection
-
         event_id = str(uuid.uuid4())
         reason_data = json.dumps({"detail": {"state": state, "state_reason": REASON_MANUAL}, **actor})
         row = {"event_id": event_id, "alarm_id": definition.alarm_id, "alarm_name": definition.name,
@@ -197,7 +201,7 @@ class HistoryStore:
                "state": state, "reason": REASON_MANUAL, "reason_data": reason_data, "timestamp_us": now_us}
         with self._lock:
             if self._conn is None:
-                self._conn = open_connection(self.url, self.database)
+                self._conn = self._open()
             try:
                 self._conn.insert_columns(self._table, HISTORY_COLUMNS, [[row[c]] for c in HISTORY_COLUMNS])
             except Exception:

@@ -38,7 +38,8 @@ class ApiService(Service):
         self.settings = settings
         self.session = ZooKeeperSession(settings.coordination)
         self.registration = ServiceRegistration(self.session, "streams-api", 10.0)
-        self.history = HistoryStore(settings.clickhouse.url, settings.clickhouse.database)
+        c = settings.clickhouse
+        self.history = HistoryStore(c.url, c.database, c.ca_file, c.cluster)
         self._repository = AlarmRepository(self.session.client, settings.coordination.root)
         self.api = AodhApi(settings, authenticator, self._connected_repository, self.history)
         self._runner: web.AppRunner | None = None

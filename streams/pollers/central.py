@@ -10,7 +10,8 @@ coordinated agent is only this member's share (see
   and units mapped by config.
 * ``zookeeper``: a ZooKeeper server's ``mntr`` (``metadata.address``, host:port).
 * ``clickhouse``: ``system.metrics`` (gauges) and ``system.events``
-  (cumulative counters) of a ClickHouse server (``metadata.url``, clickhouse://).
+  (cumulative counters) of a ClickHouse server (``metadata.url``, clickhouse:// or
+  clickhouses://; ``metadata.ca_file`` verifies its TLS).
 * ``kafka_lag``: lag of a Kafka consumer group (``metadata.group``, default the
   resource id; ``metadata.bootstrap_servers``) through the confluent-kafka admin API.
 """
@@ -220,7 +221,8 @@ class ClickHousePollster(Pollster):
 
         out: list[Sample] = []
         for res in resources:
-            kw = ClickHouseSettings(url=str(res.metadata.get("url") or res.id)).client_kwargs()
+            kw = ClickHouseSettings(url=str(res.metadata.get("url") or res.id),
+                                    ca_file=res.metadata.get("ca_file")).client_kwargs()
             client = Client(**kw, connect_timeout=5, send_receive_timeout=10)
             try:
                 metrics = dict(client.execute("SELECT metric, toFloat64(value) FROM system.metrics"))

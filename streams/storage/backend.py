@@ -1,7 +1,11 @@
 """Storage connections chosen by URL scheme: a ClickHouse server or chdb in-process.
 
 ``clickhouse://user:password@host:port/database``
-    A ClickHouse server over the native protocol (clickhouse-driver).
+    A ClickHouse server over the native protocol (clickhouse-driver), port 9000 by default.
+``clickhouses://user:password@host:port/database`` (or ``clickhouse://...?secure=true``)
+    The same over TLS, port 9440 by default. The server's certificate is verified
+    against ``ca_file`` (``clickhouse.ca_file``), else the system's CAs, and must
+    name the host; there is no switch to turn verification off.
 ``chdb:///path/to/dir[/database]`` or ``chdb://relative/dir``
     ClickHouse 26.x embedded in this process (PyPI ``chdb``), data kept in a
     directory; no server needed. The database is ``streams`` unless the URL's
@@ -27,11 +31,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from streams.storage.schema import ServerVersion, quote_ident
+from streams.storage.dialect import ServerVersion, quote_ident
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("clickhouse", "chdb")
+SCHEMES = ("clickhouse", "clickhouses", "chdb")
 """URL schemes with a storage backend."""
 
 CHDB_INSTALL = "pip install 'chdb>=2.0'  (or: pip install 'streams-metering[chdb]')"
@@ -87,22 +91,77 @@ class StorageError(RuntimeError):
     """The embedded engine refused a statement (the server's errors are clickhouse_driver's)."""
 
 
+_TRUE = ("1", "true", "yes", "on")
+
+
+def is_secure(url: str) -> bool:
+    """True for ``clickhouses://`` or ``?secure=true`` (also ``1``, ``yes``, ``on``)."""
+    p = urlsplit(url)
+    return p.scheme == "clickhouses" or (parse_qs(p.query).get("secure") or ["false"])[0].lower() in _TRUE
+
+
+def client_kwargs(url: str, ca_file: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for :class:`clickhouse_driver.Client` from a server URL (database not selected).
+
+    TLS (:func:`is_secure`) verifies the server's certificate and host name, against
+    ``ca_file`` if given, else the system's CAs.
+    """
+    p = urlsplit(url)
+    secure = is_secure(url)
+    kw: dict[str, Any] = {"host": p.hostname, "port": p.port or (9440 if secure else 9000),
+                          "user": unquote(p.username or "default"), "password": unquote(p.password or "")}
+    if secure:
+        kw.update(secure=True, verify=True)
+        if ca_file:
+            kw["ca_certs"] = ca_file
+    return kw
+
+
 class ServerConnection(Connection):
-    """A ClickHouse server through clickhouse-driver (lazy: connects on first query)."""
+    """A ClickHouse server through clickhouse-driver (lazy: connects on first query).
+
+    Args:
+        settings: extra server settings for every query (e.g. ``insert_distributed_sync``).
+    """
 
     def __init__(self, url: str, database: str | None = None, insert_block_size: int = 100_000,
-                 send_receive_timeout: float = 60) -> None:
-        from clickhouse_driver import Client
-
+                 send_receive_timeout: float = 60, ca_file: str | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
         p = urlsplit(url)
         self.database = database or p.path.strip("/") or "streams"
-        self.client = Client(
-            host=p.hostname, port=p.port or 9000,
-            user=unquote(p.username or "default"), password=unquote(p.password or ""),
-            settings={"insert_block_size": insert_block_size},
-            connect_timeout=5, send_receive_timeout=send_receive_timeout,
-        )
+        self._kwargs = client_kwargs(url, ca_file)
+        self._options = {"settings": {"insert_block_size": insert_block_size, **(settings or {})},
+                         "connect_timeout": 5, "send_receive_timeout": send_receive_timeout}
+        self.client = self._client(self._kwargs)
         self._version: ServerVersion | None = None
+
+    def _client(self, kwargs: dict[str, Any]):
+        from clickhouse_driver import Client
+
+        return Client(**kwargs, **self._options)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` this connection talks to."""
+        return f"{self._kwargs['host']}:{self._kwargs['port']}"
+
+    def to_node(self, host: str, port: int) -> ServerConnection:
+        """A connection to another server of the same cluster, with this one's user, password,
+        TLS and settings (``host``/``port`` as ``system.clusters`` gives them)."""
+        other = ServerConnection.__new__(ServerConnection)
+        other.database, other._options, other._version = self.database, self._options, None
+        other._kwargs = {**self._kwargs, "host": host, "port": int(port)}
+        other.client = other._client(other._kwargs)
+        return other
+
+    @classmethod
+    def from_client(cls, client, database: str) -> ServerConnection:
+        """Wrap an existing clickhouse-driver ``Client`` (for callers that hold one)."""
+        conn = cls.__new__(cls)
+        conn.database, conn.client, conn._version = database, client, None
+        conn._kwargs = {"host": client.connection.hosts[0][0], "port": client.connection.hosts[0][1]}
+        conn._options = {}
+        return conn
 
     @property
     def version(self) -> ServerVersion:
@@ -249,16 +308,17 @@ class EmbeddedConnection(Connection):
         return set(table_.column(0).to_pylist())
 
 
-def open_connection(url: str, database: str | None = None, insert_block_size: int = 100_000) -> Connection:
-    """A :class:`Connection` for ``url``, by scheme (``clickhouse://`` or ``chdb://``).
+def open_connection(url: str, database: str | None = None, insert_block_size: int = 100_000,
+                    ca_file: str | None = None, settings: dict[str, Any] | None = None) -> Connection:
+    """A :class:`Connection` for ``url``, by scheme (``clickhouse://``, ``clickhouses://`` or ``chdb://``).
 
     Raises:
         ValueError: unsupported scheme.
         StorageError: chdb requested but not installed (message has the install command).
     """
     scheme = urlsplit(url).scheme
-    if scheme == "clickhouse":
-        return ServerConnection(url, database, insert_block_size)
+    if scheme in ("clickhouse", "clickhouses"):
+        return ServerConnection(url, database, insert_block_size, ca_file=ca_file, settings=settings)
     if scheme == "chdb":
         return EmbeddedConnection(url, database)
     raise ValueError(f"unsupported storage scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")

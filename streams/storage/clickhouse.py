@@ -29,6 +29,14 @@ store error instead.
 
 Works on both backends of :mod:`streams.storage.backend` (``clickhouse://``
 and ``chdb://``).
+
+Cluster mode (``clickhouse.cluster``): rows go straight to the shard that owns
+them (``halfMD5(resource_id)``, as the ``Distributed`` table would route them),
+into ``samples_local`` on a live replica of that shard, and the duplicate check
+runs on the same replica (:class:`streams.storage.cluster.ShardWriter`). A dead
+replica is skipped; a shard with no live replica is a transient error: the
+flush retries and then raises, and nothing is acknowledged or dead-lettered.
+Shards stored by an earlier attempt of a flush are not written again.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from streams.codec import Sample, clip
 from streams.config import ClickHouseSettings
 from streams.observability import SINK_BATCH_ROWS, SINK_FLUSH_SECONDS, SINK_RETRIES
 from streams.storage.backend import Connection, StorageError, open_connection
+from streams.storage.cluster import ShardWriter
 from streams.storage.schema import SAMPLE_COLUMNS, quote_ident
 
 log = logging.getLogger(__name__)
@@ -67,6 +76,7 @@ TRANSIENT_CODES = frozenset({
     # NETWORK_ERROR
     225, 236, 241, 242, 243,  # NO_ZOOKEEPER, ABORTED, MEMORY_LIMIT_EXCEEDED, TABLE_IS_READ_ONLY, NOT_ENOUGH_SPACE
     252,  # TOO_MANY_PARTS (merges behind inserts); "Too many partitions for single INSERT block" is data
+    279,  # ALL_CONNECTION_TRIES_FAILED: a Distributed insert found no live replica of a shard
     285, 286, 289, 319,  # TOO_FEW_LIVE_REPLICAS, UNSATISFIED_QUORUM..., REPLICA_IS_NOT_IN_QUORUM,
     # UNKNOWN_STATUS_OF_INSERT
     394, 425, 999, 1000,  # QUERY_WAS_CANCELLED, SYSTEM_ERROR, KEEPER_EXCEPTION, POCO_EXCEPTION
@@ -175,10 +185,13 @@ class ClickHouseSink:
     def __init__(self, settings: ClickHouseSettings, retry_for: float = 300.0,
                  connection: Connection | None = None) -> None:
         self.settings = settings
-        self.conn = connection or open_connection(settings.url, settings.database, settings.insert_block_size)
+        self.conn = connection or open_connection(settings.url, settings.database, settings.insert_block_size,
+                                                  ca_file=settings.ca_file)
         db = quote_ident(self.conn.database)
         self.table = f"{db}.samples"
         self._flushes = f"{db}.sink_flushes"
+        self._shards = ShardWriter(self.conn, settings.cluster, f"{db}.samples_local") if settings.cluster else None
+        self._stored_in: dict[int, tuple[int, dict[int, str]]] = {}  # shard -> (rows, refused) stored already
         self._retry_for = retry_for
         self._host = socket.gethostname()
         self._columns: list[list] = [[] for _ in SAMPLE_COLUMNS]
@@ -252,24 +265,33 @@ class ClickHouseSink:
         for mine, theirs in zip(self._columns, columns.cols, strict=False):  # 15 sample columns of 16
             mine.extend(theirs if every else [theirs[i] for i in rows])
 
-    def _new_rows(self) -> tuple[list[list], list[int] | None]:
-        """The buffered columns without samples already stored or repeated in the batch, and
-        the buffer indices they are (None: all of them, in order)."""
-        cols = self._columns
+    def _new_rows(self, conn: Connection, table: str, rows: list[int] | None = None
+                  ) -> tuple[list[list], list[int] | None]:
+        """The buffered columns (of buffer indices ``rows``; None: all) without samples already
+        stored in ``table`` (asked on ``conn``) or repeated in the batch, and the buffer indices
+        they are (None: all of them, in order)."""
+        cols, check = self._columns, self._check
         mids = cols[_KEY[3]]
+        every = range(len(mids)) if rows is None else rows
         keep = None
-        if len(set(mids)) != len(mids):
+        sub = mids if rows is None else [mids[i] for i in rows]
+        if len(set(sub)) != len(sub):
             seen: set[str] = set()
-            keep = [i for i, m in enumerate(mids) if not (m in seen or seen.add(m))]
-        if self.settings.deduplicate and any(self._check):
-            candidates = [i for i in (keep if keep is not None else range(len(mids))) if self._check[i]]
-            keys = [[cols[k][i] for i in candidates] for k in _KEY]
-            stored = self.conn.existing_keys(self.table, keys) if candidates else set()
-            if stored:
-                idx = keep if keep is not None else range(len(mids))
-                keep = [i for i in idx if not (self._check[i] and mids[i] in stored)]
+            keep = [i for i in every if not (mids[i] in seen or seen.add(mids[i]))]
+        if self.settings.deduplicate:
+            base = keep if keep is not None else every
+            candidates = [i for i in base if check[i]]
+            if candidates:
+                keys = [[cols[k][i] for i in candidates] for k in _KEY]
+                t0 = time.perf_counter()
+                stored = conn.existing_keys(table, keys)
+                self.lookup_seconds += time.perf_counter() - t0
+                if stored:
+                    keep = [i for i in base if not (check[i] and mids[i] in stored)]
         if keep is None:
-            return cols, None
+            if rows is None:
+                return cols, None
+            keep = list(rows)
         return [[c[i] for i in keep] for c in cols], keep
 
     def flush(self) -> int:
@@ -304,16 +326,17 @@ class ClickHouseSink:
                         SINK_RETRIES.inc()
                         self.conn.close()
                     # Checked again on every attempt: an insert whose reply was lost may have landed.
-                    t0 = time.perf_counter()
-                    new, kept = self._new_rows()
-                    t1 = time.perf_counter()
-                    try:
-                        inserted, rejected = self._insert(new, kept)
-                    except _Transient:
-                        self._check = [True] * rows  # part of the batch may be stored by now
-                        raise
-                    self.lookup_seconds += t1 - t0
-                    self.insert_seconds += time.perf_counter() - t1
+                    t0, looked = time.perf_counter(), self.lookup_seconds
+                    if self._shards is not None:
+                        inserted, rejected = self._store_sharded()
+                    else:
+                        new, kept = self._new_rows(self.conn, self.table)
+                        try:
+                            inserted, rejected = self._insert(new, kept)
+                        except _Transient:
+                            self._check = [True] * rows  # part of the batch may be stored by now
+                            raise
+                    self.insert_seconds += time.perf_counter() - t0 - (self.lookup_seconds - looked)
         except _Transient as exc:
             raise exc.__cause__ from None  # the server's own error, after retry_for seconds of it
         seconds = time.perf_counter() - start
@@ -335,9 +358,48 @@ class ClickHouseSink:
         self._columns = [[] for _ in SAMPLE_COLUMNS]
         self._check = []
         self._origins = []
+        self._stored_in = {}
 
-    def _insert(self, new: list[list], kept: list[int] | None) -> tuple[int, dict[int, str]]:
-        """Insert ``new`` (columns; buffer indices ``kept``); on a data error bisect by record.
+    def _store_sharded(self) -> tuple[int, dict[int, str]]:
+        """One attempt in cluster mode: each shard's new rows into ``samples_local`` on a live
+        replica of it (:class:`~streams.storage.cluster.ShardWriter`); shards done by an earlier
+        attempt are skipped. Returns (rows inserted, refused records) over the whole buffer.
+
+        Raises:
+            _Transient: a shard has no live replica (its rows may be partly stored: checked next time).
+        """
+        table = self._shards.local_table
+
+        def transient(exc: BaseException) -> bool:
+            return isinstance(exc, _Transient) or classify(exc) == "transient"
+
+        for shard, idx in self._shards.split(self._columns[_KEY[1]]).items():
+            if shard in self._stored_in:
+                continue
+
+            def work(conn: Connection, idx: list[int] = idx) -> tuple[int, dict[int, str]]:
+                try:
+                    new, kept = self._new_rows(conn, table, idx)
+                    return self._insert(new, kept, conn, table)
+                except _Transient:
+                    for i in idx:  # part of the shard's rows may be stored by now
+                        self._check[i] = True
+                    raise
+
+            needs_check = self.settings.deduplicate and any(self._check[i] for i in idx)
+            try:
+                self._stored_in[shard] = self._shards.run(shard, work, needs_check, transient)
+            except Exception as exc:
+                if not isinstance(exc, _Transient) and transient(exc):
+                    raise _Transient(str(exc)) from exc
+                raise
+        return (sum(n for n, _ in self._stored_in.values()),
+                {o: e for _, refused in self._stored_in.values() for o, e in refused.items()})
+
+    def _insert(self, new: list[list], kept: list[int] | None, conn: Connection | None = None,
+                table: str | None = None) -> tuple[int, dict[int, str]]:
+        """Insert ``new`` (columns; buffer indices ``kept``) into ``table`` on ``conn`` (default: the
+        sink's); on a data error bisect by record.
 
         Returns:
             (rows inserted, origin -> error text of the records refused).
@@ -348,8 +410,9 @@ class ClickHouseSink:
         """
         if not new[0]:
             return 0, {}
+        conn, table = conn or self.conn, table or self.table
         try:
-            self.conn.insert_columns(self.table, SAMPLE_COLUMNS, new)
+            conn.insert_columns(table, SAMPLE_COLUMNS, new)
             return len(new[0]), {}
         except Exception as exc:  # noqa: BLE001 - classified below
             kind = classify(exc)
@@ -366,14 +429,14 @@ class ClickHouseSink:
         log.warning("the store refused a batch of %d records (%s); isolating the records it refuses",
                     len(groups), clip(str(first), 300))
         rejected: dict[int, str] = {}
-        inserted = self._bisect(new, list(groups.items()), rejected, first)
+        inserted = self._bisect(new, list(groups.items()), rejected, first, conn, table)
         if len(groups) > 1 and len(rejected) == len(groups):
             raise StoreRejectedEverything(
                 f"the store refused every one of {len(groups)} records: {clip(str(first), 300)}") from first
         return inserted, rejected
 
     def _bisect(self, cols: list[list], groups: list[tuple[int, list[int]]], rejected: dict[int, str],
-                error: Exception | None) -> int:
+                error: Exception | None, conn: Connection, table: str) -> int:
         """Store ``groups`` (origin, row positions in ``cols``), splitting those that fail; return rows stored.
 
         ``error`` is the failure of this very set (known already), or None to try it first.
@@ -381,7 +444,7 @@ class ClickHouseSink:
         if error is None:
             positions = [pos for _, ps in groups for pos in ps]
             try:
-                self.conn.insert_columns(self.table, SAMPLE_COLUMNS, [[c[p] for p in positions] for c in cols])
+                conn.insert_columns(table, SAMPLE_COLUMNS, [[c[p] for p in positions] for c in cols])
                 return len(positions)
             except Exception as exc:  # noqa: BLE001 - classified below
                 kind = classify(exc)
@@ -396,7 +459,8 @@ class ClickHouseSink:
                                           else str(error), 1000)
             return 0
         mid = len(groups) // 2
-        return self._bisect(cols, groups[:mid], rejected, None) + self._bisect(cols, groups[mid:], rejected, None)
+        return (self._bisect(cols, groups[:mid], rejected, None, conn, table)
+                + self._bisect(cols, groups[mid:], rejected, None, conn, table))
 
     def _record_flush(self, rows: int, duplicates: int, seconds: float, newest_us: int) -> None:
         """One ``sink_flushes`` row (pipeline health); failures are logged, never raised."""
@@ -411,3 +475,5 @@ class ClickHouseSink:
     def close(self) -> None:
         """Drop the connection (buffered rows are not flushed)."""
         self.conn.close()
+        if self._shards is not None:
+            self._shards.close()

@@ -9,12 +9,27 @@ Ceilometer's statistics (:func:`streams.storage.query.statistics`);
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import click
 
 from streams.config import ConfigError, Settings, load_settings
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Storage errors (unreachable server, refused TLS, unknown cluster) as one-line CLI errors, no traceback."""
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    from streams.storage.backend import StorageError
+    from streams.storage.cluster import ClusterError
+
+    try:
+        yield
+    except (ClickHouseError, StorageError, ClusterError) as exc:
+        raise click.ClickException(f"clickhouse: {str(exc).strip().splitlines()[0]}") from None
 
 
 def _connection(settings: Settings):
@@ -26,40 +41,64 @@ def _connection(settings: Settings):
         raise click.ClickException(str(exc)) from None
 
 
+@_storage_errors()
 def migrate_command(settings: Settings) -> None:
-    """Apply pending migrations and print what was applied, then the tables."""
+    """Apply pending migrations (on every node of a cluster) and print what was applied, then the tables."""
+    from streams.storage import layout
     from streams.storage.migrations import apply
     from streams.storage.schema import quote_ident
 
     s = settings.clickhouse
     conn = _connection(settings)
     try:
-        done = apply(conn, retention_days=s.retention_days,
-                     readonly_password=s.readonly_password.get_secret_value())
+        done = apply(conn, retention_days=s.retention_days, layout=layout(settings))
         for m in done:
-            click.echo(f"applied {m.version:>3} {m.name}" + (f"  ({m.note})" if m.note else ""))
+            click.echo(f"applied {m.version:>3} {m.name}" + (f" on {m.node}" if m.node else "")
+                       + (f"  ({m.note})" if m.note else ""))
         if not done:
             click.echo("nothing to apply")
+        click.echo(_readonly_user(conn, settings))
         tables = [r[0] for r in conn.execute(f"SHOW TABLES FROM {quote_ident(conn.database)}")]
         click.echo(f"database {conn.database} (ClickHouse {conn.version}): {', '.join(sorted(tables))}")
     finally:
         conn.close()
 
 
+def _readonly_user(conn, settings: Settings) -> str:
+    """The idempotent user step of every migrate (streams.storage.access), node by node in a cluster."""
+    from streams.storage import layout
+    from streams.storage.access import ensure_readonly_user
+    from streams.storage.migrations import nodes
+
+    s = settings.clickhouse
+    pairs = nodes(conn, layout(settings))
+    try:
+        return ensure_readonly_user([c for _, c in pairs], s.readonly_password.get_secret_value(),
+                                    s.readonly_networks)
+    finally:
+        for _, c in pairs:
+            if c is not conn:
+                c.close()
+
+
+@_storage_errors()
 def status_command(settings: Settings) -> None:
-    """Print one line per migration: version, name, applied time or ``pending``."""
+    """Print one line per migration: version, name, applied time or ``pending`` (per node in a cluster)."""
+    from streams.storage import layout
     from streams.storage.migrations import status
 
     conn = _connection(settings)
     try:
-        states = status(conn)
+        states = status(conn, layout(settings))
     finally:
         conn.close()
     for m in states:
         when = m.applied_at or "pending"
-        click.echo(f"{m.version:>3}  {m.name:<24} {when}" + (f"  ({m.note})" if m.note else ""))
+        click.echo((f"{m.node:<22} " if m.node else "") + f"{m.version:>3}  {m.name:<24} {when}"
+                   + (f"  ({m.note})" if m.note else ""))
     pending = sum(m.applied_at is None for m in states)
-    click.echo(f"{len(states) - pending} applied, {pending} pending")
+    click.echo(f"{len(states) - pending} applied, {pending} pending"
+               + (f" on {len({m.node for m in states})} nodes" if states and states[0].node else ""))
 
 
 def render_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -123,6 +162,7 @@ def _with_common(f):
 @click.option("--period", type=click.IntRange(min=1), help="Seconds per period; default one period over all.")
 @click.option("--groupby", type=click.Choice(["resource_id", "project_id"]), help="One row per group and period.")
 @click.pass_context
+@_storage_errors()
 def query_statistics(ctx, meter, resource, project, start, end, as_json, period, groupby) -> None:
     """min, max, avg, sum, count, duration and period bounds of a meter (Ceilometer's statistics)."""
     from streams.storage.query import statistics
@@ -145,6 +185,7 @@ def query_statistics(ctx, meter, resource, project, start, end, as_json, period,
 @_with_common
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.pass_context
+@_storage_errors()
 def query_samples(ctx, meter, resource, project, start, end, as_json, limit) -> None:
     """Raw samples, newest first."""
     from streams.storage.query import samples

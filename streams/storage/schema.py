@@ -1,8 +1,8 @@
-"""ClickHouse schema: every table's DDL, chosen by server version.
+"""ClickHouse schema: every table's and view's DDL, in one place, for one server or a cluster.
 
 One set of columns and queries works on ClickHouse 18.16 (Debian's server)
 and on current releases (proved on chdb, ClickHouse 26.x in-process); only
-column *types*, codecs and TTL differ:
+column *types*, codecs and TTL differ (:class:`~streams.storage.dialect.Dialect`):
 
 ===============  ================================  ===========================
 what             current ClickHouse (>= 20.1)      18.16
@@ -17,13 +17,23 @@ retention        TTL from ``clickhouse.retention_days``  none (drop partitions)
 on every version; ``timestamp`` is derived from it by the server (a DEFAULT
 expression), so inserts send integers only and Grafana gets a time column.
 
+Where tables live is a :class:`Layout`. On one server, each table is a
+``*MergeTree`` under its own name. In a cluster (``clickhouse.cluster``), each
+table is a ``Replicated*MergeTree`` named ``<table>_local`` on every node (ZooKeeper
+path ``<zookeeper_path>/tables/{shard}/<db>/<table>``, replica ``{replica}``: the
+servers' macros), plus a ``Distributed`` table under the plain name that reads
+every shard and routes inserts by :attr:`Table.shard_key`. Materialized views sit
+on every node, from local table to local table. So queries and Grafana read the
+same names in both layouts.
+
 Tables (all in one database; see docs/storage.md):
 
 ``samples``
     raw samples, ``ReplacingMergeTree`` ordered by
     ``(name, resource_id, timestamp_us, message_id)``: a redelivered sample
     collapses at merge time; until then exact counts use ``FINAL`` or
-    ``uniqExact(message_id)``.
+    ``uniqExact(message_id)``. Sharded by ``halfMD5(resource_id)``
+    (:data:`RESOURCE_SHARD_KEY`), as the sink routes rows.
 ``resources``
     latest metadata per resource (``ReplacingMergeTree(timestamp_us)``), fed by
     the materialized view ``resources_mv``; read with ``FINAL``.
@@ -37,15 +47,20 @@ Tables (all in one database; see docs/storage.md):
 ``sink_flushes``, ``dead_letters``
     pipeline health: one row per sink flush (rows, duplicates skipped,
     seconds), one row per dead-lettered record.
+``schema_migrations``
+    which migrations this server applied; always local to each server, never
+    replicated, so ``streams schema status`` is right on every node.
 """
 
 from __future__ import annotations
 
-import logging
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+from streams.storage.dialect import Dialect, ServerVersion, quote_ident
+
+__all__ = ["SAMPLE_COLUMNS", "ROLLUP_TABLES", "RESOURCE_SHARD_KEY", "Dialect", "Layout", "ServerVersion", "Table",
+           "Target", "quote_ident"]
 
 SAMPLE_COLUMNS = (
     "message_id",
@@ -69,116 +84,96 @@ SAMPLE_COLUMNS = (
 ROLLUP_TABLES = {"1m": ("rollups_1m", 60), "1h": ("rollups_1h", 3600)}
 """Rollup resolution -> (table, bucket width in seconds)."""
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESOURCE_SHARD_KEY = "halfMD5(resource_id)"
+"""Sharding expression of every table keyed by resource: the first 8 bytes of
+MD5(resource_id), big-endian, as UInt64 (the same on 18.16 and current servers),
+so :func:`streams.storage.cluster.shard_hash` computes it in Python."""
 
 
 @dataclass(frozen=True)
-class ServerVersion:
-    """A ClickHouse version, e.g. ``ServerVersion(18, 16)``."""
-
-    major: int
-    minor: int
-
-    @classmethod
-    def parse(cls, text: str) -> ServerVersion:
-        """Parse ``SELECT version()`` output such as ``18.16.1`` or ``26.9.1.1``.
-
-        Raises:
-            ValueError: not a dotted version.
-        """
-        m = re.match(r"^(\d+)\.(\d+)", text.strip())
-        if not m:
-            raise ValueError(f"unrecognised ClickHouse version {text!r}")
-        return cls(int(m.group(1)), int(m.group(2)))
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}"
-
-    @property
-    def has_datetime64(self) -> bool:
-        """DateTime64 arrived in ClickHouse 20.1."""
-        return (self.major, self.minor) >= (20, 1)
-
-    @property
-    def has_low_cardinality(self) -> bool:
-        """LowCardinality is usable without experimental settings from 19.0."""
-        return self.major >= 19
-
-    @property
-    def has_codecs(self) -> bool:
-        """Column codecs arrived in 19.1 (Delta, ZSTD); Gorilla and DoubleDelta in 19.3."""
-        return (self.major, self.minor) >= (19, 3)
-
-    @property
-    def has_ttl(self) -> bool:
-        """Table TTL arrived in 19.6."""
-        return (self.major, self.minor) >= (19, 6)
-
-    @property
-    def has_sql_users(self) -> bool:
-        """``CREATE USER`` (SQL-driven access control) arrived in 20.4; before, users live in users.xml."""
-        return (self.major, self.minor) >= (20, 4)
-
-
-def quote_ident(name: str) -> str:
-    """Return ``name`` if it is a plain identifier.
-
-    Raises:
-        ValueError: anything else (we never build DDL from arbitrary text).
-    """
-    if not _IDENT.match(name):
-        raise ValueError(f"invalid ClickHouse identifier {name!r}")
-    return name
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """Type, codec and TTL choices for one server version.
+class Layout:
+    """Where the tables live.
 
     Args:
-        version: the server's version.
-        retention_days: raw data and 1-minute rollups older than this are
-            deleted by TTL where the server has TTL; 0 keeps everything.
+        cluster: ``None`` for one server; else the cluster's name in the servers'
+            ``remote_servers`` (``clickhouse.cluster``).
+        zookeeper_path: root of the Replicated tables' znodes (``clickhouse.zookeeper_path``),
+            relative to the servers' ZooKeeper chroot if they have one.
     """
 
-    version: ServerVersion
-    retention_days: int = 0
+    cluster: str | None = None
+    zookeeper_path: str = "/streams/clickhouse"
+
+    def local(self, table: str) -> str:
+        """Name of the table that holds the rows on a node: ``<table>_local`` in a cluster."""
+        return f"{table}_local" if self.cluster else table
+
+
+@dataclass(frozen=True)
+class Target:
+    """What DDL is rendered for: a database, a server version's dialect and a layout."""
+
+    database: str
+    dialect: Dialect
+    layout: Layout = Layout()
 
     @property
-    def lc(self) -> str:
-        return "LowCardinality(String)" if self.version.has_low_cardinality else "String"
-
-    def codec(self, spec: str) -> str:
-        """`` CODEC(spec)`` on servers with codecs, else nothing."""
-        return f" CODEC({spec})" if self.version.has_codecs else ""
-
-    def ts_expr(self, column: str = "timestamp_us") -> str:
-        """Expression converting microseconds in ``column`` to this version's time type."""
-        if self.version.has_datetime64:
-            return f"fromUnixTimestamp64Micro({column}, 'UTC')"
-        return f"toDateTime(intDiv({column}, 1000000), 'UTC')"
-
-    def ts_from_us(self, column: str = "timestamp_us") -> str:
-        """Type and DEFAULT of a time column derived from microseconds in ``column``."""
-        kind = "DateTime64(6, 'UTC')" if self.version.has_datetime64 else "DateTime('UTC')"
-        return f"{kind} DEFAULT {self.ts_expr(column)}"
-
-    def ttl(self, column: str, days: int | None = None) -> str:
-        """A TTL clause on ``column`` (a DateTime), or nothing (no TTL support, or keep forever)."""
-        days = self.retention_days if days is None else days
-        if not days or not self.version.has_ttl:
-            return ""
-        return f"\nTTL toDateTime({column}) + INTERVAL {int(days)} DAY"
+    def db(self) -> str:
+        return quote_ident(self.database)
 
 
-def samples_ddl(database: str, dialect: Dialect | ServerVersion) -> str:
-    """``CREATE TABLE IF NOT EXISTS <database>.samples`` (migration 1)."""
-    d = dialect if isinstance(dialect, Dialect) else Dialect(dialect)
-    db, lc = quote_ident(database), d.lc
-    return f"""
-CREATE TABLE IF NOT EXISTS {db}.samples
-(
-    message_id String{d.codec("ZSTD(1)")},
+@dataclass(frozen=True)
+class Table:
+    """One table, independent of layout: columns (SQL), MergeTree family, keys.
+
+    ``engine`` is the non-replicated name (``ReplacingMergeTree``, ``AggregatingMergeTree``,
+    ``MergeTree``); ``engine_args`` its parameters (e.g. the version column);
+    ``shard_key`` the ``Distributed`` sharding expression in a cluster.
+    """
+
+    name: str
+    columns: str
+    engine: str
+    order_by: str
+    engine_args: str = ""
+    partition_by: str = ""
+    ttl: str = ""
+    shard_key: str = "rand()"
+
+    def ddl(self, t: Target) -> list[str]:
+        """``CREATE TABLE IF NOT EXISTS`` statements for ``t``: one table, or in a cluster the
+        replicated local table and the ``Distributed`` table over it."""
+        db, lay = t.db, t.layout
+        engine = f"{self.engine}({self.engine_args})"
+        if lay.cluster:
+            zk = f"{lay.zookeeper_path.rstrip('/')}/tables/{{shard}}/{t.database}/{self.name}"
+            args = ", ".join(a for a in (f"'{zk}'", "'{replica}'", self.engine_args) if a)
+            engine = f"Replicated{self.engine}({args})"
+        partition = f"\nPARTITION BY {self.partition_by}" if self.partition_by else ""
+        stmts = [f"CREATE TABLE IF NOT EXISTS {db}.{lay.local(self.name)}\n(\n{self.columns}\n)\n"
+                 f"ENGINE = {engine}{partition}\nORDER BY {self.order_by}{self.ttl}\n"]
+        if lay.cluster:
+            stmts.append(f"CREATE TABLE IF NOT EXISTS {db}.{self.name} AS {db}.{lay.local(self.name)}\n"
+                         f"ENGINE = Distributed({quote_ident(lay.cluster)}, {db}, {lay.local(self.name)}, "
+                         f"{self.shard_key})\n")
+        return stmts
+
+
+def view_ddl(t: Target, name: str, target: str, select: Callable[[str], str]) -> str:
+    """``CREATE MATERIALIZED VIEW IF NOT EXISTS <db>.<name> TO <target>``; ``select(samples)``
+    gets the name of the table the rows land in on this node (local in a cluster)."""
+    db, lay = t.db, t.layout
+    source = f"{db}.{lay.local('samples')}"
+    return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} TO {db}.{lay.local(target)} AS\n{select(source)}"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def samples_table(d: Dialect) -> Table:
+    """Raw samples (migration 1)."""
+    lc = d.lc
+    return Table("samples", f"""    message_id String{d.codec("ZSTD(1)")},
     name {lc},
     type {lc},
     unit {lc},
@@ -193,21 +188,20 @@ CREATE TABLE IF NOT EXISTS {db}.samples
     monotonic_time Nullable(Float64),
     resource_metadata Nested(key String, value String),
     source {lc},
-    inserted_at DateTime DEFAULT now(){d.codec("Delta, ZSTD(1)")}
-)
-ENGINE = ReplacingMergeTree()
-PARTITION BY toYYYYMM(timestamp)
-ORDER BY (name, resource_id, timestamp_us, message_id){d.ttl("timestamp")}
-"""
+    inserted_at DateTime DEFAULT now(){d.codec("Delta, ZSTD(1)")}""",
+                 "ReplacingMergeTree", "(name, resource_id, timestamp_us, message_id)",
+                 partition_by="toYYYYMM(timestamp)", ttl=d.ttl("timestamp"), shard_key=RESOURCE_SHARD_KEY)
 
 
-def resources_ddl(database: str, d: Dialect) -> list[str]:
+def samples(t: Target) -> list[str]:
+    """``samples`` (migration 1)."""
+    return samples_table(t.dialect).ddl(t)
+
+
+def resources(t: Target) -> list[str]:
     """``resources`` (latest row per resource wins by ``timestamp_us``) and its view (migration 2)."""
-    db = quote_ident(database)
-    return [f"""
-CREATE TABLE IF NOT EXISTS {db}.resources
-(
-    resource_id String,
+    d = t.dialect
+    table = Table("resources", f"""    resource_id String,
     project_id String,
     project_name String,
     user_id String,
@@ -216,13 +210,9 @@ CREATE TABLE IF NOT EXISTS {db}.resources
     timestamp_us Int64,
     last_seen {d.ts_from_us()},
     metadata_keys Array(String),
-    metadata_values Array(String)
-)
-ENGINE = ReplacingMergeTree(timestamp_us)
-ORDER BY resource_id
-""", f"""
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.resources_mv TO {db}.resources AS
-SELECT
+    metadata_values Array(String)""", "ReplacingMergeTree", "resource_id", engine_args="timestamp_us",
+                  shard_key=RESOURCE_SHARD_KEY)
+    return [*table.ddl(t), view_ddl(t, "resources_mv", "resources", lambda src: f"""SELECT
     resource_id,
     ifNull(project_id, '') AS project_id,
     ifNull(project_name, '') AS project_name,
@@ -233,25 +223,21 @@ SELECT
     {d.ts_expr()} AS last_seen,
     resource_metadata.key AS metadata_keys,
     resource_metadata.value AS metadata_values
-FROM {db}.samples
+FROM {src}
 ORDER BY resource_id, timestamp_us DESC
 LIMIT 1 BY resource_id
-"""]
+""")]
 
 
-def rollup_ddl(database: str, d: Dialect, resolution: str) -> list[str]:
+def rollup(t: Target, resolution: str) -> list[str]:
     """A rollup table and the view that fills it from ``samples`` (migration 3).
 
     The bucket is ``intDiv(timestamp_us, width)`` in whole seconds, the same
     expression on every server version.
     """
-    db = quote_ident(database)
-    table, width = ROLLUP_TABLES[resolution]
-    ttl = d.ttl("bucket") if resolution == "1m" else ""
-    return [f"""
-CREATE TABLE IF NOT EXISTS {db}.{table}
-(
-    name {d.lc},
+    d = t.dialect
+    name, width = ROLLUP_TABLES[resolution]
+    table = Table(name, f"""    name {d.lc},
     unit {d.lc},
     project_id String,
     resource_id String,
@@ -261,14 +247,10 @@ CREATE TABLE IF NOT EXISTS {db}.{table}
     avg AggregateFunction(avg, Float64),
     sum AggregateFunction(sum, Float64),
     count AggregateFunction(count),
-    last AggregateFunction(argMax, Float64, Int64)
-)
-ENGINE = AggregatingMergeTree()
-PARTITION BY toYYYYMM(bucket)
-ORDER BY (name, unit, project_id, resource_id, bucket){ttl}
-""", f"""
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{table}_mv TO {db}.{table} AS
-SELECT
+    last AggregateFunction(argMax, Float64, Int64)""", "AggregatingMergeTree",
+                  "(name, unit, project_id, resource_id, bucket)", partition_by="toYYYYMM(bucket)",
+                  ttl=d.ttl("bucket") if resolution == "1m" else "", shard_key=RESOURCE_SHARD_KEY)
+    return [*table.ddl(t), view_ddl(t, f"{name}_mv", name, lambda src: f"""SELECT
     name,
     unit,
     ifNull(project_id, '') AS project_id,
@@ -280,22 +262,25 @@ SELECT
     sumState(volume) AS sum,
     countState() AS count,
     argMaxState(volume, timestamp_us) AS last
-FROM {db}.samples
+FROM {src}
 GROUP BY name, unit, project_id, resource_id, bucket
-"""]
+""")]
 
 
-def alarm_history_ddl(database: str, d: Dialect) -> str:
+def rollups(t: Target) -> list[str]:
+    """``rollups_1m`` and ``rollups_1h`` with their views (migration 3)."""
+    return rollup(t, "1m") + rollup(t, "1h")
+
+
+def alarm_history(t: Target) -> list[str]:
     """``alarm_history``: one row per alarm state transition (migration 4).
 
     ``event_id`` is the transition's id (deterministic in the evaluator), so a
-    redelivered transition collapses like a sample does.
+    redelivered transition collapses like a sample does; one alarm's history
+    stays on one shard.
     """
-    db = quote_ident(database)
-    return f"""
-CREATE TABLE IF NOT EXISTS {db}.alarm_history
-(
-    event_id String,
+    d = t.dialect
+    return Table("alarm_history", f"""    event_id String,
     alarm_id String,
     alarm_name String,
     type {d.lc},
@@ -307,35 +292,22 @@ CREATE TABLE IF NOT EXISTS {db}.alarm_history
     reason String,
     reason_data String,
     timestamp_us Int64,
-    timestamp {d.ts_from_us()}
-)
-ENGINE = ReplacingMergeTree()
-PARTITION BY toYYYYMM(timestamp)
-ORDER BY (alarm_id, timestamp_us, event_id)
-"""
+    timestamp {d.ts_from_us()}""", "ReplacingMergeTree", "(alarm_id, timestamp_us, event_id)",
+                 partition_by="toYYYYMM(timestamp)", shard_key="halfMD5(alarm_id)").ddl(t)
 
 
-def pipeline_health_ddl(database: str, d: Dialect) -> list[str]:
+def pipeline_health(t: Target) -> list[str]:
     """``sink_flushes`` and ``dead_letters`` (migration 5)."""
-    db = quote_ident(database)
-    return [f"""
-CREATE TABLE IF NOT EXISTS {db}.sink_flushes
-(
-    flushed_at_us Int64,
+    d = t.dialect
+    flushes = Table("sink_flushes", f"""    flushed_at_us Int64,
     flushed_at {d.ts_from_us("flushed_at_us")},
     host String,
     rows UInt32,
     duplicates UInt32,
     seconds Float64,
-    lag_seconds Float64
-)
-ENGINE = MergeTree()
-PARTITION BY toYYYYMM(flushed_at)
-ORDER BY flushed_at_us{d.ttl("flushed_at", 30 if d.retention_days else 0)}
-""", f"""
-CREATE TABLE IF NOT EXISTS {db}.dead_letters
-(
-    timestamp_us Int64,
+    lag_seconds Float64""", "MergeTree", "flushed_at_us", partition_by="toYYYYMM(flushed_at)",
+                    ttl=d.ttl("flushed_at", 30 if d.retention_days else 0))
+    letters = Table("dead_letters", f"""    timestamp_us Int64,
     timestamp {d.ts_from_us()},
     stage {d.lc},
     reason {d.lc},
@@ -343,31 +315,32 @@ CREATE TABLE IF NOT EXISTS {db}.dead_letters
     topic String,
     partition Int32,
     offset Int64,
-    key String
+    key String""", "ReplacingMergeTree", "(topic, partition, offset)", partition_by="toYYYYMM(timestamp)",
+                    shard_key="cityHash64(topic, partition, offset)")
+    return flushes.ddl(t) + letters.ddl(t)
+
+
+def schema_migrations(database: str) -> list[str]:
+    """The database and the migrations' own record, local to the server it is run on."""
+    db = quote_ident(database)
+    return [f"CREATE DATABASE IF NOT EXISTS {db}", f"""
+CREATE TABLE IF NOT EXISTS {db}.schema_migrations
+(
+    version UInt32,
+    name String,
+    applied_at DateTime('UTC') DEFAULT now(),
+    server_version String,
+    host String,
+    note String
 )
 ENGINE = ReplacingMergeTree()
-PARTITION BY toYYYYMM(timestamp)
-ORDER BY (topic, partition, offset)
+ORDER BY version
 """]
 
 
-def server_version(client) -> ServerVersion:
-    """Ask the server its version (``client``: a clickhouse-driver Client or a storage Connection)."""
-    return ServerVersion.parse(client.execute("SELECT version()")[0][0])
+# Single-server shorthands (the DDL of one server, as the tests and older callers know it).
 
-
-def migrate(client, database: str, retention_days: int = 0) -> list[str]:
-    """Apply every pending migration to ``database``; return its table names. Idempotent.
-
-    ``client`` is a clickhouse-driver ``Client`` or a
-    :class:`~streams.storage.backend.Connection`. See
-    :func:`streams.storage.migrations.apply` for the full contract.
-
-    Raises:
-        clickhouse_driver.errors.Error, StorageError: the engine refused a statement.
-    """
-    from streams.storage.migrations import apply, as_connection
-
-    conn = as_connection(client, database)
-    apply(conn, retention_days=retention_days)
-    return sorted(r[0] for r in conn.execute(f"SHOW TABLES FROM {quote_ident(database)}"))
+def samples_ddl(database: str, dialect: Dialect | ServerVersion) -> str:
+    """``CREATE TABLE IF NOT EXISTS <database>.samples`` on one server."""
+    d = dialect if isinstance(dialect, Dialect) else Dialect(dialect)
+    return samples(Target(database, d))[0]

@@ -29,7 +29,7 @@ from streams.codec import BatchCodec
 from streams.config import Settings, load_settings
 from streams.signing import Keyring
 from streams.storage.clickhouse import connect
-from streams.storage.schema import migrate
+from streams.storage.migrations import migrate
 from streams.topics import create_topics
 from tests.conftest import TEST_KEYS
 

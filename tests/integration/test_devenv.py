@@ -115,3 +115,41 @@ def test_status_reports_all_answering(addrs):
         assert st["answering"], f"{name} not answering: {st}"
         assert st["running"], f"{name} not running: {st}"
         assert st["address"] == addrs[name]
+
+
+class _Sleeper(devenv.Service):
+    """A fake service: a Python process that never listens (or exits at once with code 3)."""
+
+    name = "sleeper"
+    port_env = ""
+
+    def __init__(self, root, port: int, exit_at_once: bool = False):
+        super().__init__(root)
+        self._port, self.exit_at_once = port, exit_at_once
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def command(self) -> list[str]:
+        import sys
+
+        code = "import sys; sys.exit(3)" if self.exit_at_once else "import time; time.sleep(600)"
+        return [sys.executable, "-c", code, f"{self.workdir}/marker"]
+
+    def ready(self, timeout: float = 2.0) -> bool:
+        return False
+
+
+def test_a_server_that_exits_or_never_answers_fails_the_start_naming_its_log(tmp_path):
+    from tests.integration.conftest import free_port
+
+    with pytest.raises(devenv.ServiceStartError, match=r"exited \(code 3\).*sleeper.log"):
+        devenv.start([_Sleeper(tmp_path, free_port(), exit_at_once=True)], timeout=20)
+    svc = _Sleeper(tmp_path, free_port())
+    with pytest.raises(devenv.ServiceStartError, match="did not answer .* within 2s"):
+        devenv.start([svc], timeout=2)
+    assert not svc.pid_path.exists()
+    import psutil
+
+    assert not [p for p in psutil.process_iter(["cmdline"]) if f"{svc.workdir}/marker" in (p.info["cmdline"] or [])]

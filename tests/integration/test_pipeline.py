@@ -154,7 +154,7 @@ def test_poller_service_publishes_on_interval_and_exposes_metrics(pipeline):
 
 
 def test_schema_migrate_is_idempotent_on_the_server(pipeline):
-    from streams.storage.schema import migrate, server_version
+    from streams.storage.migrations import migrate, server_version
 
     tables = migrate(pipeline.ch, pipeline.db)
     assert "samples" in tables and migrate(pipeline.ch, pipeline.db) == tables

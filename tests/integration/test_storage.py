@@ -45,8 +45,12 @@ def test_schema_migrate_and_status_under_the_zookeeper_lock(pipeline, services):
     try:
         assert "6 pending" in streams_cli(pipeline, "schema", "status", **env)
         out = streams_cli(pipeline, "schema", "migrate", **env)
-        assert "applied   1 samples" in out and "users.xml" in out
-        assert "nothing to apply" in streams_cli(pipeline, "schema", "migrate", **env)
+        assert "applied   1 samples" in out and "read-only user is managed on every migrate" in out
+        assert "user grafana: WARNING no clickhouse.readonly_password set" in out  # 18.16: users.xml
+        again = streams_cli(pipeline, "schema", "migrate", **env, STREAMS_CLICKHOUSE__READONLY_PASSWORD="pw",
+                            STREAMS_CLICKHOUSE__READONLY_NETWORKS='["10.1.0.0/16"]')
+        assert "nothing to apply" in again  # the user step runs anyway, on every migrate:
+        assert "<networks><ip>10.1.0.0/16</ip></networks>" in again and "<password_sha256_hex>" in again
         status = streams_cli(pipeline, "schema", "status", **env)
         assert "6 applied, 0 pending" in status and status.count("pending") == 1
         from kazoo.client import KazooClient

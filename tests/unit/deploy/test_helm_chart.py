@@ -405,3 +405,15 @@ def test_packaged_chart_carries_copies_of_the_dashboards(tmp_path):
         assert "files/grafana/build.py" not in names  # .helmignore
         cm = by_kind(render(packaged, KEYS), "ConfigMap")[f"{RELEASE}-streams-dashboards"]
     assert cm["data"] == {p.name: p.read_text() for p in (GRAFANA / "dashboards").glob("*.json")}
+
+
+def test_clickhouse_cluster_mode_reaches_the_settings(chart, tmp_path):
+    keys = {"signing": COMBOS["minimal"]["signing"]}
+    for values, path in (({"clickhouse": {"cluster": "streams"}, "zookeeper": {"root": "/prod"}}, "/prod/clickhouse"),
+                         ({"clickhouse": {"cluster": "ch", "zookeeperPath": "/ch/tables"}}, "/ch/tables")):
+        cm = by_kind(render(chart, {**values, **keys}), "ConfigMap")[f"{RELEASE}-streams"]
+        (tmp_path / "streams.yaml").write_text(cm["data"]["streams.yaml"])
+        s = load_settings(tmp_path / "streams.yaml")
+        assert (s.clickhouse.cluster, s.clickhouse.zookeeper_path) == (values["clickhouse"]["cluster"], path)
+    plain = by_kind(render(chart, keys), "ConfigMap")[f"{RELEASE}-streams"]
+    assert "cluster" not in yaml.safe_load(plain["data"]["streams.yaml"]).get("clickhouse", {})

@@ -95,6 +95,9 @@ Workloads read ports back from this document, so probes and settings cannot disa
 {{- with $v.zookeeper.hosts }}{{ $_ := set $coordination "hosts" . }}{{ end }}
 {{- with $v.zookeeper.username }}{{ $_ := set $coordination "username" . }}{{ end }}
 {{- $base := dict "kafka" $kafka "coordination" $coordination }}
+{{- with $v.clickhouse.cluster }}
+{{- $_ := set $base "clickhouse" (dict "cluster" . "zookeeper_path" ($v.clickhouse.zookeeperPath | default (printf "%s/clickhouse" (trimSuffix "/" $v.zookeeper.root)))) }}
+{{- end }}
 {{- with $v.signing.active }}{{ $_ := set $base "signing" (dict "active" .) }}{{ end }}
 {{- $settings := mergeOverwrite $base (deepCopy $v.config) }}
 {{- $processor := dict "data_dir" "/var/lib/streams/faust" }}
