@@ -330,7 +330,12 @@ class ClickHouseSink:
                     if self._shards is not None:
                         inserted, rejected = self._store_sharded()
                     else:
-                        new, kept = self._new_rows(self.conn, self.table)
+                        try:
+                            new, kept = self._new_rows(self.conn, self.table)
+                        except Exception as exc:
+                            if classify(exc) == "transient":  # the lookup failed to reach the server
+                                raise _Transient(str(exc)) from exc
+                            raise
                         try:
                             inserted, rejected = self._insert(new, kept)
                         except _Transient:
