@@ -43,7 +43,7 @@ from streams.config import load_settings  # noqa: E402
 from streams.processor.app import ensure_state_topic  # noqa: E402
 from streams.publisher import KafkaPublisher  # noqa: E402
 from streams.storage.clickhouse import connect  # noqa: E402
-from streams.storage.schema import migrate  # noqa: E402
+from streams.storage.migrations import migrate  # noqa: E402
 from streams.topics import create_topics  # noqa: E402
 
 METERS = [("cpu", "cumulative", "ns"), ("cpu_util", "gauge", "%"), ("memory.usage", "gauge", "B"),
@@ -140,7 +140,8 @@ def main() -> None:
 
     def spawn(*argv: str) -> subprocess.Popen:
         out = open(logs / f"{name}-{argv[0]}.log", "w")
-        return subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], env=env, stdout=out,
+        prefix = os.environ.get("SOAK_PROFILE_PROCESSOR", "").split() if argv[0] == "process" else []
+        return subprocess.Popen([*prefix, sys.executable, "-m", "streams.cli", *argv], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
 
     for i, threshold in enumerate((50, 80, 95)):

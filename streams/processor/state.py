@@ -17,7 +17,6 @@ Faust's recovery reads them unchanged.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 import zlib
@@ -131,6 +130,18 @@ def create_state_table(app: faust.App, partitions: int) -> ResourceStateTable:
     return app.tables.add(table)
 
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, and immutable scalars), several times faster
+    than :func:`copy.deepcopy`, which handles any object and keeps a memo: states are JSON (the
+    changelog's codec), so nothing else can be in them."""
+    kind = type(value)
+    if kind is dict:
+        return {k: copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [copy_json(v) for v in value]
+    return value
+
+
 class BatchState:
     """Copy-on-read overlay of the table for one batch.
 
@@ -158,13 +169,17 @@ class BatchState:
         self._deleted: set[str] = set()
 
     def get(self, resource_id: str, partition: int) -> dict[str, Any]:
-        """The mutable state of ``resource_id`` for this batch (records its partition)."""
+        """The mutable state of ``resource_id`` for this batch (records its partition).
+
+        The original (the table's value, or an earlier batch's uncommitted one) is never
+        mutated: this batch works on a copy, and commits store new dicts.
+        """
         state = self._copies.get(resource_id)
         if state is None:
             earlier = self.pending.get(resource_id)
             original = earlier[0] if earlier is not None else self.table.get(resource_id)
-            self._originals[resource_id] = copy.deepcopy(original) if original else {}
-            state = self._copies[resource_id] = copy.deepcopy(original) if original else {}
+            self._originals[resource_id] = original or {}
+            state = self._copies[resource_id] = copy_json(original) if original else {}
             self._partitions[resource_id] = partition
             self.pending[resource_id] = (state, self)
         return state
@@ -193,10 +208,9 @@ class BatchState:
                 changelog.send(self._partitions[rid], rid, None)
                 written += 1
             elif state != self._originals[rid]:
-                state[SEEN_KEY] = now_s
-                state[PARTITION_KEY] = self._partitions[rid]
-                store[rid] = state
-                changelog.send(self._partitions[rid], rid, state)
+                stamped = {**state, SEEN_KEY: now_s, PARTITION_KEY: self._partitions[rid]}
+                store[rid] = stamped
+                changelog.send(self._partitions[rid], rid, stamped)
                 written += 1
             if self.pending.get(rid, (None, None))[1] is self:
                 del self.pending[rid]

@@ -232,3 +232,16 @@ def test_arithmetic_division_by_zero_is_a_transform_error():
 def test_arithmetic_bad_config(params, problem):
     with pytest.raises(TransformerConfigError, match=problem):
         Arithmetic("s/0", params)
+
+
+def test_derived_ids_are_rfc_4122_uuid5_whatever_the_input():
+    import random
+    import uuid
+
+    from streams.transformers.base import _NAMESPACE, derived_id
+
+    rnd = random.Random(3)
+    for _ in range(500):
+        tid = "".join(rnd.choice("abc/0é漢") for _ in range(rnd.randint(0, 12)))
+        mid = str(uuid.UUID(int=rnd.getrandbits(128)))
+        assert derived_id(tid, mid) == str(uuid.uuid5(_NAMESPACE, f"{tid}\x00{mid}"))
