@@ -46,6 +46,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -124,8 +125,9 @@ class ThresholdRule(_Strict):
     period: float = Field(60.0, gt=0, le=86400 * 366, description="Window length, seconds.")
     evaluation_periods: int = Field(1, ge=1, le=1000, description="Windows that must agree.")
 
-    @property
+    @cached_property
     def period_us(self) -> int:
+        """``period`` in µs."""
         return int(round(self.period * 1_000_000))
 
     @field_validator("period")
@@ -320,10 +322,16 @@ class AlarmDefinition(_Strict):
         return self.threshold_rule if self.type == "threshold" else self.composite_rule  # type: ignore[return-value]
 
     def leaves(self) -> list[ThresholdRule]:
-        """Threshold rules in definition order (Aodh names them rule1, rule2, ...)."""
+        """Threshold rules in definition order (Aodh names them rule1, rule2, ...); do not modify."""
+        return self._leaves
+
+    @cached_property
+    def _leaves(self) -> list[ThresholdRule]:
+        # Cached: the evaluator asks for every sample and timer pass. Rules are never changed in
+        # place, and the model copies made elsewhere change other fields (alarm_id, aodh).
         return list(_walk(self.rule))
 
-    @property
+    @cached_property
     def tick_us(self) -> int:
         """Evaluation interval, µs: the shortest period of its rules (windows close on its multiples)."""
         return min(r.period_us for r in self.leaves())
