@@ -22,6 +22,7 @@ from streams.storage.backend import Connection, ServerConnection
 from streams.storage.schema import (
     Dialect,
     alarm_history_ddl,
+    events_ddl,
     pipeline_health_ddl,
     quote_ident,
     resources_ddl,
@@ -77,6 +78,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "alarm_history", lambda c, d, o: [alarm_history_ddl(c.database, d)]),
     Migration(5, "pipeline_health", lambda c, d, o: pipeline_health_ddl(c.database, d)),
     Migration(6, "grafana_readonly_user", _readonly_user),
+    Migration(7, "events", lambda c, d, o: [events_ddl(c.database, d)]),
 )
 """All migrations, in order."""
 

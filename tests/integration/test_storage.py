@@ -43,12 +43,12 @@ def test_schema_migrate_and_status_under_the_zookeeper_lock(pipeline, services):
            "STREAMS_COORDINATION__HOSTS": services["zookeeper"],
            "STREAMS_COORDINATION__ROOT": f"/{pipeline.name}"}
     try:
-        assert "6 pending" in streams_cli(pipeline, "schema", "status", **env)
+        assert "7 pending" in streams_cli(pipeline, "schema", "status", **env)
         out = streams_cli(pipeline, "schema", "migrate", **env)
         assert "applied   1 samples" in out and "users.xml" in out
         assert "nothing to apply" in streams_cli(pipeline, "schema", "migrate", **env)
         status = streams_cli(pipeline, "schema", "status", **env)
-        assert "6 applied, 0 pending" in status and status.count("pending") == 1
+        assert "7 applied, 0 pending" in status and status.count("pending") == 1
         from kazoo.client import KazooClient
 
         zk = KazooClient(hosts=services["zookeeper"])

@@ -1,0 +1,162 @@
+"""Ceilometer's message signature, as ``ceilometer/publisher/utils.py`` computes it.
+
+Ceilometer signs each metering or event message (one element of the
+envelope's ``payload``, never the envelope) with HMAC-SHA256 keyed with
+``[publisher] telemetry_secret``. The signed text is not a canonical byte
+form but Python's ``str()`` of the values, so this module reproduces it
+rule by rule (the rules and 14 recorded vectors are in
+``shared/data/ceilometer/README.md`` and ``signature_vectors.json``):
+
+1. walk the message's keys in sorted order, skipping the top-level
+   ``message_signature``;
+2. a JSON object is not emitted: its keys are walked in sorted order, right
+   there (depth first), named ``parent:child``; an empty object emits nothing;
+3. any other value is fed as ``str(value)``: ``True``, ``None``, ``512.5``,
+   ``2.0``, ``1e-07``, exact integers; a list is first turned into its "bytes
+   form" (every string, at any depth and including the keys of objects in it,
+   becomes UTF-8 ``bytes``, and every such object gets sorted keys), so it
+   reads ``[b'default', b'web']``;
+4. the HMAC is fed each name and then its value text, UTF-8, with nothing
+   between them.
+
+Messages must be decoded with Python's :mod:`json` (integers and floats stay
+distinct, big integers exact, ``NaN``/``Infinity`` accepted), or the text
+differs from what Ceilometer signed.
+
+The two pure functions :func:`compute_signature` and :func:`verify_signature`
+hold the whole rule and are tested on the captured vectors without a broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+SIGNATURE_KEY = "message_signature"
+"""The field that carries the signature; skipped when signing (top level only, as in Ceilometer)."""
+
+CEILOMETER_DEFAULT_SECRET = "change this for valid signing"
+"""Ceilometer's built-in ``telemetry_secret`` when none is set: public, so it authenticates nothing."""
+
+
+def _bytes_form(value: Any) -> Any:
+    """A list element as Ceilometer's ``decode_unicode`` leaves it: str -> UTF-8 bytes, dicts key-sorted."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, list | tuple):
+        return [_bytes_form(v) for v in value]
+    if isinstance(value, dict):
+        return {_bytes_form(k): _bytes_form(v) for k, v in sorted(value.items())}
+    return value
+
+
+def _walk(message: Mapping[str, Any], prefix: str, out: list[str]) -> None:
+    for name, value in sorted(message.items()):
+        if isinstance(value, dict):
+            _walk(value, f"{prefix}{name}:", out)
+            continue
+        out.append(f"{prefix}{name}")
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, list | tuple):
+            out.append(str(_bytes_form(value)))
+        else:
+            out.append(str(value))
+
+
+def signing_pairs(message: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (name, value text) pairs Ceilometer feeds to the HMAC for ``message``, in order.
+
+    Raises:
+        TypeError: two keys of one object cannot be ordered (only possible for
+            non-JSON input, e.g. mixed key types).
+    """
+    out: list[str] = []
+    _walk({k: v for k, v in message.items() if k != SIGNATURE_KEY}, "", out)
+    return list(zip(out[0::2], out[1::2], strict=True))
+
+
+def signed_text(message: Mapping[str, Any]) -> bytes:
+    """The exact bytes Ceilometer's HMAC covers: every name and value text of
+    :func:`signing_pairs`, concatenated, UTF-8.
+
+    Raises:
+        UnicodeEncodeError: a string holds a lone surrogate (``"\\ud800"`` in the
+            JSON), which has no UTF-8 form; Ceilometer cannot sign it either.
+        TypeError: as :func:`signing_pairs`.
+    """
+    out: list[str] = []
+    _walk({k: v for k, v in message.items() if k != SIGNATURE_KEY}, "", out)
+    return "".join(out).encode("utf-8")
+
+
+def compute_signature(message: Mapping[str, Any], secret: str | bytes) -> str:
+    """Ceilometer's signature of ``message``: lowercase hex HMAC-SHA256, or ``""`` for an empty secret.
+
+    Args:
+        message: one metering or event message as decoded from JSON; its own
+            ``message_signature`` is ignored.
+        secret: ``telemetry_secret`` (text is UTF-8 encoded, as Ceilometer does).
+
+    Raises:
+        UnicodeEncodeError, TypeError: as :func:`signed_text`.
+    """
+    if not secret:
+        return ""
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    return hmac.new(key, signed_text(message), hashlib.sha256).hexdigest()
+
+
+def verify_signature(message: Mapping[str, Any], secret: str | bytes) -> bool:
+    """True if ``message["message_signature"]`` is :func:`compute_signature` of ``message``.
+
+    Constant-time in the signature. Unlike Ceilometer's own
+    ``verify_signature``, an empty secret does not accept everything: it
+    accepts exactly what a publisher with an empty secret writes, an empty
+    signature (the bridge allows an empty secret only when configured to).
+    A missing or non-text signature, or a message that cannot be signed
+    (see :func:`signed_text`), does not verify.
+    """
+    given = message.get(SIGNATURE_KEY)
+    if not isinstance(given, str):
+        return False
+    try:
+        expected = compute_signature(message, secret)
+    except (ValueError, TypeError):
+        return False
+    try:
+        return hmac.compare_digest(expected.encode("ascii"), given.encode("ascii"))
+    except UnicodeEncodeError:
+        return False
+
+
+class Verifier:
+    """:func:`verify_signature` with the key pads derived once, for the bridge's hot path.
+
+    Args:
+        secret: ``telemetry_secret``; empty accepts only empty signatures.
+    """
+
+    def __init__(self, secret: str | bytes) -> None:
+        key = secret.encode("utf-8") if isinstance(secret, str) else secret
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256) if key else None
+
+    def __call__(self, message: Mapping[str, Any]) -> bool:
+        """Same result as ``verify_signature(message, secret)``."""
+        given = message.get(SIGNATURE_KEY)
+        if not isinstance(given, str):
+            return False
+        if self._keyed is None:
+            return given == ""
+        try:
+            data = signed_text(message)
+        except (ValueError, TypeError):
+            return False
+        mac = self._keyed.copy()
+        mac.update(data)
+        try:
+            return hmac.compare_digest(mac.hexdigest().encode("ascii"), given.encode("ascii"))
+        except UnicodeEncodeError:
+            return False
