@@ -169,8 +169,9 @@ def run_bridge(env: dict[str, str], values: list[bytes], samples: int, bootstrap
     finally:
         proc.terminate()
         proc.wait(30)
-    return {"records": len(values), "samples": samples, "republished": int(published), "seconds": round(seconds, 2),
-            "samples_per_s": round(samples / seconds), "peak_rss_mib": round(peak / 2**20), "goal_samples_per_s": 20_000}
+    return {"records": len(values), "samples": samples, "republished": int(published),
+            "seconds": round(seconds, 2), "samples_per_s": round(samples / seconds),
+            "peak_rss_mib": round(peak / 2**20), "goal_samples_per_s": 20_000}
 
 
 def bench(records: int, bootstrap: str, base_env: dict[str, str], log_path: Path) -> dict:
