@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import marshal
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -192,7 +193,8 @@ def _text(msg: Mapping[str, Any], key: str) -> str:
     return v
 
 
-def normalize_sample(msg: Mapping[str, Any]) -> Sample:
+def normalize_sample(msg: Mapping[str, Any],
+                     metadata_strings: Callable[[dict], dict[str, str]] = metadata_to_strings) -> Sample:
     """One metering message -> a ``streams.Sample`` dict (units and ranges not yet checked).
 
     Field mapping (Ceilometer's ``meter_message_from_counter``): ``counter_name``
@@ -201,6 +203,10 @@ def normalize_sample(msg: Mapping[str, Any]) -> Sample:
     UTC) -> µs, ``resource_metadata`` -> strings (nested values as JSON text);
     ``message_id``, ``message_signature``, ids, names, ``source`` and
     ``monotonic_time`` are kept as they are.
+
+    Args:
+        metadata_strings: flattens ``resource_metadata`` (default
+            :func:`~streams.codec.metadata_to_strings`; the reader passes a memoized one).
 
     Raises:
         RejectedMessage: stage ``normalize``.
@@ -246,7 +252,7 @@ def normalize_sample(msg: Mapping[str, Any]) -> Sample:
         "resource_id": _text(msg, "resource_id"),
         "timestamp": ts,
         "monotonic_time": None if mono is None else float(mono),
-        "resource_metadata": metadata_to_strings(metadata),
+        "resource_metadata": metadata_strings(metadata),
         "source": source if isinstance(source, str) and source else "openstack",
         "message_signature": _optional_text(msg, "message_signature"),
     }
@@ -353,6 +359,33 @@ class ReadResult:
     envelope: Envelope | None = None
 
 
+class MetadataStrings:
+    """:func:`~streams.codec.metadata_to_strings`, remembered by the metadata's exact :mod:`marshal` form.
+
+    The samples of one instance share their metadata, so its strings are made
+    once (the same dict is handed to every such sample; nothing mutates it).
+
+    Args:
+        size: metadata objects remembered; the memory is forgotten when full.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._memo: dict[bytes, dict[str, str]] = {}
+        self._size = size
+
+    def __call__(self, metadata: dict) -> dict[str, str]:
+        if not metadata:
+            return {}
+        key = marshal.dumps(metadata, 2)
+        strings = self._memo.get(key)
+        if strings is None:
+            strings = metadata_to_strings(metadata)
+            if len(self._memo) >= self._size:
+                self._memo.clear()
+            self._memo[key] = strings
+        return strings
+
+
 class CeilometerReader:
     """unwrap -> verify -> normalize, for one record value at a time.
 
@@ -369,6 +402,7 @@ class CeilometerReader:
         self.verify = verify
         self.normalizer = normalizer
         self.limits = limits
+        self.metadata_strings = MetadataStrings()
 
     def read(self, value: bytes | None, now_us: int | None = None) -> ReadResult:
         """Read one record value; never raises for bad input."""
@@ -379,7 +413,7 @@ class CeilometerReader:
             result.rejected.append((-1, exc))
             return result
         result.envelope = env
-        verify, normalizer = self.verify, self.normalizer
+        verify, normalizer, strings = self.verify, self.normalizer, self.metadata_strings
         for i, msg in enumerate(env.payload):
             try:
                 if not isinstance(msg, dict):
@@ -396,7 +430,7 @@ class CeilometerReader:
                     raise RejectedMessage("verify", "bad_signature",
                                           f"payload[{i}] {msg.get('message_id')!r}: HMAC mismatch")
                 if is_sample:
-                    result.samples.extend(normalizer.normalize([normalize_sample(msg)], now_us))
+                    result.samples.extend(normalizer.normalize([normalize_sample(msg, strings)], now_us))
                 else:
                     result.events.append(normalize_event(msg))
             except RejectedMessage as exc:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import marshal
 from collections.abc import Mapping
 from typing import Any
 
@@ -139,15 +140,58 @@ def verify_signature(message: Mapping[str, Any], secret: str | bytes) -> bool:
 
 
 class Verifier:
-    """:func:`verify_signature` with the key pads derived once, for the bridge's hot path.
+    """:func:`verify_signature` for the bridge's hot path: key pads derived once, and the text of
+    nested objects remembered.
+
+    The samples of one instance carry the same ``resource_metadata``, which is
+    most of what is signed. Its text is remembered by the object's exact
+    :mod:`marshal` form (which keeps ``1``, ``1.0`` and ``True`` apart, as
+    ``str()`` does, and every key order), so equal-looking but different
+    values never share a text.
 
     Args:
         secret: ``telemetry_secret``; empty accepts only empty signatures.
+        cache_size: nested objects remembered; the memory is forgotten when full.
     """
 
-    def __init__(self, secret: str | bytes) -> None:
+    def __init__(self, secret: str | bytes, cache_size: int = 4096) -> None:
         key = secret.encode("utf-8") if isinstance(secret, str) else secret
         self._keyed = hmac.new(key, digestmod=hashlib.sha256) if key else None
+        self._texts: dict[tuple[str, bytes], str] = {}
+        self._cache_size = cache_size
+
+    def signed_text(self, message: Mapping[str, Any]) -> bytes:
+        """Same bytes as :func:`signed_text`."""
+        out: list[str] = []
+        texts = self._texts
+        for name in sorted(message):
+            if name == SIGNATURE_KEY:
+                continue
+            value = message[name]
+            kind = type(value)
+            if kind is str:
+                out.append(name)
+                out.append(value)
+            elif kind is dict:
+                key = (name, marshal.dumps(value, 2))
+                text = texts.get(key)
+                if text is None:
+                    parts: list[str] = []
+                    _walk(value, f"{name}:", parts)
+                    text = "".join(parts)
+                    if len(texts) >= self._cache_size:
+                        texts.clear()
+                    texts[key] = text
+                out.append(text)
+            elif kind is list:
+                out.append(name)
+                out.append(str(_bytes_form(value)))
+            elif isinstance(value, dict | list | tuple | str):  # subclasses: as the generic walk does
+                _walk({name: value}, "", out)
+            else:  # numbers, booleans, None
+                out.append(name)
+                out.append(str(value))
+        return "".join(out).encode("utf-8")
 
     def __call__(self, message: Mapping[str, Any]) -> bool:
         """Same result as ``verify_signature(message, secret)``."""
@@ -157,7 +201,7 @@ class Verifier:
         if self._keyed is None:
             return given == ""
         try:
-            data = signed_text(message)
+            data = self.signed_text(message)
         except (ValueError, TypeError):
             return False
         mac = self._keyed.copy()

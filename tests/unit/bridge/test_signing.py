@@ -138,3 +138,25 @@ def test_nan_infinity_and_lone_surrogates():
     with pytest.raises(UnicodeEncodeError):
         signed_text(m)
     assert not verify_signature(m, SECRET) and not Verifier(SECRET)(m)
+
+
+def test_the_verifiers_memory_of_nested_objects_never_confuses_types():
+    verify = Verifier(SECRET)
+    msg = payload_messages()[0]
+    variants = []
+    for v in (1, 1.0, True, "1", [1], {"x": 1}):
+        m = {**msg, "resource_metadata": {**msg["resource_metadata"], "cpu_number": v}}
+        m["message_signature"] = compute_signature(m, SECRET)
+        variants.append(m)
+    for _ in range(2):  # the second round answers from memory
+        for i, m in enumerate(variants):
+            assert verify(m)
+            assert verify.signed_text(m) == signed_text(m)
+            for other in variants:  # another's signature fits exactly when it does for Ceilometer
+                swapped = {**m, "message_signature": other["message_signature"]}
+                assert verify(swapped) == verify_signature(swapped, SECRET)
+    # str() is all Ceilometer signs: 1 and "1" have one text, 1, 1.0 and True do not.
+    sigs = [m["message_signature"] for m in variants]
+    assert sigs[0] == sigs[3] and len({sigs[0], sigs[1], sigs[2], sigs[4], sigs[5]}) == 5
+    small = Verifier(SECRET, cache_size=2)
+    assert all(small(m) for m in variants * 3)
