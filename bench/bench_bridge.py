@@ -11,6 +11,10 @@ bridge process reads them all and republishes signed SampleBatch records
   alone, in this process (unwrap, verify, normalize, group, encode+sign);
 * ``samples_per_s``: the bridge process end to end, from ready to its last
   commit (``streams_bridge_records_total`` reaching the record count);
+* ``samples_per_cpu_s``: the same samples over the CPU time the bridge
+  process used meanwhile (all its threads, librdkafka's included): the
+  figure for one process with a core of its own, which the wall-clock
+  figure is not on a shared 2-core machine (``load_average_1m`` says how shared);
 * ``peak_rss_mib`` of the bridge.
 
 Usage: ``python bench/bench_bridge.py [--records N]``, or from ``bench/run.py``.
@@ -108,15 +112,16 @@ def bench_translate(values: list[bytes], samples: int) -> dict:
     translator = BatchTranslator(CeilometerReader(Verifier(SECRET), Normalizer()), load_meters(),
                                  BatchCodec(Keyring({"bench": b"bench-secret"}, "bench")))
     msgs = [Msg(v) for v in values]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     out_samples = 0
     for i in range(0, len(msgs), 2000):
         out = translator.translate(msgs[i:i + 2000])
         assert not out.dead_letters, out.dead_letters[:1]
         out_samples += out.samples
-    seconds = time.perf_counter() - started
-    return {"samples": out_samples, "seconds": round(seconds, 2),
-            "translate_samples_per_s": round(samples / seconds), "us_per_sample": round(seconds / samples * 1e6, 1)}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"translate_samples_per_s": round(samples / seconds),
+            "translate_samples_per_cpu_s": round(samples / cpu),
+            "translate_cpu_us_per_sample": round(cpu / samples * 1e6, 1)}
 
 
 def metric(port: int, name: str) -> float:
@@ -125,7 +130,8 @@ def metric(port: int, name: str) -> float:
             text = r.read().decode()
     except OSError:
         return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name)] in " {")
 
 
 def run_bridge(env: dict[str, str], values: list[bytes], samples: int, bootstrap: str, port: int,
@@ -142,9 +148,15 @@ def run_bridge(env: dict[str, str], values: list[bytes], samples: int, bootstrap
                 producer.poll(0.5)
     assert producer.flush(120) == 0
     log = open(env["BENCH_LOG"], "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "bridge", "ceilometer", "--metrics-port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "streams.cli", "bridge", "ceilometer", "--metrics-port", str(port)]
+    if env.get("BENCH_PYSPY"):  # py-spy record --gil: where the bridge's Python time goes (collapsed stacks)
+        argv = [str(Path(sys.executable).with_name("py-spy")), "record", "--gil", "--format", "raw", "-r", "200",
+                "-o", env["BENCH_PYSPY"], "--", *argv]
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     ps = psutil.Process(proc.pid)
+    if env.get("BENCH_PYSPY"):
+        time.sleep(1)
+        ps = ps.children()[0] if ps.children() else ps
     peak = 0
     try:
         deadline = time.monotonic() + 120
@@ -158,20 +170,22 @@ def run_bridge(env: dict[str, str], values: list[bytes], samples: int, bootstrap
             if proc.poll() is not None:
                 raise RuntimeError(f"bridge exited with {proc.returncode}; see {env['BENCH_LOG']}")
             time.sleep(0.05)
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), sum(ps.cpu_times()[:2])
         while metric(port, "streams_bridge_records_total") < len(values):
             peak = max(peak, ps.memory_info().rss)
             if proc.poll() is not None or time.perf_counter() - started > 600:
                 raise RuntimeError(f"bridge stopped early; see {env['BENCH_LOG']}")
             time.sleep(0.05)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, sum(ps.cpu_times()[:2]) - cpu0
         published = metric(port, "streams_bridge_samples_total")
     finally:
-        proc.terminate()
+        (ps if env.get("BENCH_PYSPY") else proc).terminate()
         proc.wait(30)
     return {"records": len(values), "samples": samples, "republished": int(published),
             "seconds": round(seconds, 2), "samples_per_s": round(samples / seconds),
-            "peak_rss_mib": round(peak / 2**20), "goal_samples_per_s": 20_000}
+            "cpu_seconds": round(cpu, 2), "samples_per_cpu_s": round(samples / cpu),
+            "peak_rss_mib": round(peak / 2**20), "goal_samples_per_s": 20_000,
+            "load_average_1m": round(os.getloadavg()[0], 1)}
 
 
 def bench(records: int, bootstrap: str, base_env: dict[str, str], log_path: Path) -> dict:
@@ -209,8 +223,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", type=int, default=6000, help="Ceilometer records (40 samples each)")
     ap.add_argument("--bootstrap", default="127.0.0.1:19092")
+    ap.add_argument("--profile", help="write py-spy collapsed stacks (--gil) of the bridge here")
     args = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "STREAMS_CONFIG"}
+    if args.profile:
+        env["BENCH_PYSPY"] = str(Path(args.profile).resolve())
     r = bench(args.records, args.bootstrap, env, ROOT / ".dev" / "bench-bridge.log")
     print(json.dumps(r, indent=2))
 

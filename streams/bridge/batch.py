@@ -12,7 +12,8 @@ benchmarked on its own:
    left to the processor, which checks storage for every record the bridge
    writes, see :data:`~streams.codec.MAYBE_STORED_HEADER`);
 4. group samples by ``resource_id`` and encode each group as one signed
-   ``SampleBatch`` (:class:`~streams.codec.BatchCodec`), keyed by resource id.
+   ``SampleBatch`` (:class:`~streams.bridge.avro.SampleBatchWriter`, the
+   bytes of :class:`~streams.codec.BatchCodec`), keyed by resource id.
 
 A record with any refused entry becomes one dead letter: its original key,
 value and headers plus ``streams.dlq.*`` headers (stage, reason and detail of
@@ -28,11 +29,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from streams.bridge.avro import SampleBatchWriter
 from streams.bridge.ceilometer import CeilometerReader
 from streams.bridge.events import SourcedEvent
 from streams.bridge.meters import MeterDefinitions, SkippedMeter
 from streams.codec import BatchCodec, RejectedMessage, Sample
 from streams.processor.stages import dlq_headers
+
+ENCODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
+"""What encoding a sample that does not fit the schema raises (fastavro or the bridge's writer)."""
 
 DLQ_HEADER_ENTRIES = "streams.dlq.entries"
 """Dead-letter header: comma-separated payload indexes refused, or ``*`` for the whole record."""
@@ -101,6 +106,7 @@ class BatchTranslator:
         self.reader = reader
         self.meters = meters
         self.codec = codec
+        self.writer = SampleBatchWriter(codec)
 
     def translate(self, batch: Sequence[Record], now_us: int | None = None) -> TranslatedBatch:
         """Translate ``batch``; never raises for bad input (only if a sample does not fit the Avro schema,
@@ -144,13 +150,13 @@ class BatchTranslator:
                 groups[s["resource_id"]] = [i]
             else:
                 group.append(i)
-        encode = self.codec.encode
+        encode = self.writer.encode
         for rid, idx in groups.items():
             group = [samples[i] for i in idx]
             try:
                 out.records.append((rid.encode(), encode(group)))
                 out.samples += len(group)
-            except (ValueError, TypeError) as exc:  # e.g. text with a lone surrogate (no UTF-8 form)
+            except ENCODE_ERRORS as exc:  # e.g. text with a lone surrogate (no UTF-8 form)
                 self._unencodable(out, samples, idx, origin, exc)
         return out
 
@@ -163,13 +169,13 @@ class BatchTranslator:
         good = []
         for i in idx:
             try:
-                self.codec.encode([samples[i]])
+                self.writer.encode([samples[i]])
                 good.append(samples[i])
-            except (ValueError, TypeError) as err:
+            except ENCODE_ERRORS as err:
                 rec = origin[bisect.bisect_right(starts, i) - 1][1]
                 error = RejectedMessage("normalize", "unencodable", f"sample {samples[i]['message_id']!r}: {err}")
                 out.rejected.append((error.stage, error.reason))
                 out.dead_letters.append(DeadLetter(rec, error, [-1]))
         if good:
-            out.records.append((good[0]["resource_id"].encode(), self.codec.encode(good)))
+            out.records.append((good[0]["resource_id"].encode(), self.writer.encode(good)))
             out.samples += len(good)

@@ -51,6 +51,9 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
+from streams.bridge.signing import Verifier, nested_text
 from streams.codec import RejectedMessage, Sample, metadata_to_strings
 from streams.processor.normalize import Normalizer
 
@@ -120,9 +123,15 @@ class Envelope:
     publisher_id: str | None
     timestamp: str | None
     payload: list
+    text: str | None = None  # the oslo.message text, kept when parsed fast (see unwrap)
 
 
-def _loads(text: str | bytes, what: str) -> Any:
+def _loads(text: str | bytes, what: str, fast: bool = False) -> Any:
+    if fast:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # NaN, Infinity, huge numbers, lone surrogates...: Python's parser decides
     try:
         return json.loads(text)
     except RecursionError:
@@ -131,18 +140,26 @@ def _loads(text: str | bytes, what: str) -> Any:
         raise RejectedMessage("unwrap", "not_json", f"{what}: {exc}") from None
 
 
-def unwrap(value: bytes, limits: Limits) -> Envelope:
+def unwrap(value: bytes, limits: Limits, fast: bool = False) -> Envelope:
     """Check ``value`` against ``limits``, then parse the envelope and its inner document.
+
+    Args:
+        fast: parse with orjson (about 2.5 times faster here), falling back to
+            Python's :mod:`json` for what orjson refuses. orjson reads integers
+            beyond 64 bits as floats, so its result is only for messages whose
+            signature is then checked: a message that does not verify is read
+            again exactly (:func:`exact_payload`) before it is refused.
 
     Raises:
         RejectedMessage: stage ``limits`` or ``unwrap``.
     """
     check_limits(value, limits)
-    outer = _loads(value, "record value")
+    outer = _loads(value, "record value", fast)
     if not isinstance(outer, dict) or not isinstance(outer.get("oslo.message"), str):
         raise RejectedMessage("unwrap", "not_oslo_envelope",
                               "expected an object with an 'oslo.message' string (oslo.messaging 2.0)")
-    inner = _loads(outer["oslo.message"], "oslo.message")
+    text = outer["oslo.message"]
+    inner = _loads(text, "oslo.message", fast)
     if not isinstance(inner, dict):
         raise RejectedMessage("unwrap", "not_oslo_envelope", "oslo.message is not a JSON object")
     payload = inner.get("payload")
@@ -153,12 +170,20 @@ def unwrap(value: bytes, limits: Limits) -> Envelope:
                               f"{len(payload)} payload entries > ceilometer.max_payload_entries "
                               f"{limits.max_payload_entries}")
 
-    def text(key: str) -> str | None:
+    def field(key: str) -> str | None:
         v = inner.get(key)
         return v if isinstance(v, str) else None
 
-    return Envelope(text("message_id"), text("event_type"), text("priority"), text("publisher_id"),
-                    text("timestamp"), payload)
+    return Envelope(field("message_id"), field("event_type"), field("priority"), field("publisher_id"),
+                    field("timestamp"), payload, text if fast else None)
+
+
+def exact_payload(env: Envelope) -> list:
+    """The payload parsed by Python's :mod:`json` (as Ceilometer's consumers decode it)."""
+    if env.text is None:
+        return env.payload
+    payload = _loads(env.text, "oslo.message").get("payload")
+    return payload if isinstance(payload, list) and len(payload) == len(env.payload) else env.payload
 
 
 @lru_cache(maxsize=4096)
@@ -359,82 +384,102 @@ class ReadResult:
     envelope: Envelope | None = None
 
 
-class MetadataStrings:
-    """:func:`~streams.codec.metadata_to_strings`, remembered by the metadata's exact :mod:`marshal` form.
+class MetadataMemo:
+    """The signed text and the strings of ``resource_metadata``, remembered by its exact :mod:`marshal` form.
 
-    The samples of one instance share their metadata, so its strings are made
-    once (the same dict is handed to every such sample; nothing mutates it).
+    The samples of one instance carry the same metadata, most of what is
+    signed and stored, so both are made once per distinct metadata (the same
+    strings dict is handed to every such sample; nothing mutates it). The
+    marshal form keeps ``1``, ``1.0`` and ``True`` apart, and key order, so
+    values that merely compare equal never share an entry.
 
     Args:
         size: metadata objects remembered; the memory is forgotten when full.
     """
 
     def __init__(self, size: int = 4096) -> None:
-        self._memo: dict[bytes, dict[str, str]] = {}
+        self._memo: dict[bytes, tuple[str, dict[str, str]]] = {}
         self._size = size
 
-    def __call__(self, metadata: dict) -> dict[str, str]:
-        if not metadata:
-            return {}
+    def __call__(self, metadata: dict) -> tuple[str, dict[str, str]]:
+        """(:func:`~streams.bridge.signing.nested_text` of ``resource_metadata``, its strings)."""
         key = marshal.dumps(metadata, 2)
-        strings = self._memo.get(key)
-        if strings is None:
-            strings = metadata_to_strings(metadata)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = (nested_text("resource_metadata", metadata), metadata_to_strings(metadata))
             if len(self._memo) >= self._size:
                 self._memo.clear()
-            self._memo[key] = strings
-        return strings
+            self._memo[key] = hit
+        return hit
 
 
 class CeilometerReader:
     """unwrap -> verify -> normalize, for one record value at a time.
 
     Args:
-        verify: ``message -> bool`` (:class:`streams.bridge.signing.Verifier`).
+        verify: checks Ceilometer's signatures (:class:`~streams.bridge.signing.Verifier`).
         normalizer: the processor's unit and range rules, applied here per
             sample so one bad sample never costs the other samples of its
             record downstream (the processor refuses a SampleBatch as a whole).
         limits: input limits.
     """
 
-    def __init__(self, verify: Callable[[Mapping[str, Any]], bool], normalizer: Normalizer,
-                 limits: Limits = Limits()) -> None:
+    def __init__(self, verify: Verifier, normalizer: Normalizer, limits: Limits = Limits()) -> None:
         self.verify = verify
         self.normalizer = normalizer
         self.limits = limits
-        self.metadata_strings = MetadataStrings()
+        self.memo = MetadataMemo()
+        self.fast = verify.signs  # orjson only where every message is then verified (see unwrap)
 
     def read(self, value: bytes | None, now_us: int | None = None) -> ReadResult:
         """Read one record value; never raises for bad input."""
         result = ReadResult()
         try:
-            env = unwrap(value, self.limits)  # type: ignore[arg-type]
+            env = unwrap(value, self.limits, self.fast)  # type: ignore[arg-type]
         except RejectedMessage as exc:
             result.rejected.append((-1, exc))
             return result
         result.envelope = env
-        verify, normalizer, strings = self.verify, self.normalizer, self.metadata_strings
+        exact = None
         for i, msg in enumerate(env.payload):
             try:
-                if not isinstance(msg, dict):
-                    raise RejectedMessage("normalize", "unknown_message", f"payload[{i}] is not an object")
-                is_sample = "counter_name" in msg
-                if not is_sample and "traits" not in msg:
-                    raise RejectedMessage("normalize", "unknown_message",
-                                          f"payload[{i}] is neither a metering message nor an event")
-                if not verify(msg):
-                    sig = msg.get("message_signature")
-                    if not sig:
-                        raise RejectedMessage("verify", "unsigned", f"payload[{i}] {msg.get('message_id')!r} "
-                                              "has no signature")
-                    raise RejectedMessage("verify", "bad_signature",
-                                          f"payload[{i}] {msg.get('message_id')!r}: HMAC mismatch")
-                if is_sample:
-                    result.samples.extend(normalizer.normalize([normalize_sample(msg, strings)], now_us))
-                else:
-                    result.events.append(normalize_event(msg))
+                try:
+                    self._entry(i, msg, now_us, result)
+                except RejectedMessage as exc:
+                    if exc.stage != "verify" or env.text is None:
+                        raise
+                    exact = exact if exact is not None else exact_payload(env)
+                    self._entry(i, exact[i], now_us, result)  # read exactly, then verified again
             except RejectedMessage as exc:
                 result.rejected.append((i, exc))
             except RecursionError:
                 result.rejected.append((i, RejectedMessage("limits", "too_deep", f"payload[{i}] nests too deep")))
         return result
+
+    def _entry(self, i: int, msg: Any, now_us: int | None, result: ReadResult) -> None:
+        """Verify and normalize payload entry ``i`` into ``result``.
+
+        Raises:
+            RejectedMessage: stages ``verify`` and ``normalize``.
+        """
+        if not isinstance(msg, dict):
+            raise RejectedMessage("normalize", "unknown_message", f"payload[{i}] is not an object")
+        is_sample = "counter_name" in msg
+        if not is_sample and "traits" not in msg:
+            raise RejectedMessage("normalize", "unknown_message",
+                                  f"payload[{i}] is neither a metering message nor an event")
+        metadata = msg.get("resource_metadata") if is_sample else None
+        texts, strings = None, metadata_to_strings
+        if type(metadata) is dict and metadata:
+            text, known = self.memo(metadata)
+            texts, strings = {"resource_metadata": text}, lambda _: known
+        if not self.verify(msg, texts):
+            if not msg.get("message_signature"):
+                raise RejectedMessage("verify", "unsigned", f"payload[{i}] {msg.get('message_id')!r} "
+                                      "has no signature")
+            raise RejectedMessage("verify", "bad_signature",
+                                  f"payload[{i}] {msg.get('message_id')!r}: HMAC mismatch")
+        if is_sample:
+            result.samples.extend(self.normalizer.normalize([normalize_sample(msg, strings)], now_us))
+        else:
+            result.events.append(normalize_event(msg))

@@ -73,6 +73,13 @@ def _walk(message: Mapping[str, Any], prefix: str, out: list[str]) -> None:
             out.append(value if isinstance(value, str) else str(value))
 
 
+def nested_text(name: str, value: Mapping[str, Any]) -> str:
+    """The text a top-level object ``name`` contributes to :func:`signed_text` (names ``name:...``)."""
+    out: list[str] = []
+    _walk(value, f"{name}:", out)
+    return "".join(out)
+
+
 def signing_pairs(message: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (name, value text) pairs Ceilometer feeds to the HMAC for ``message``, in order.
 
@@ -157,13 +164,19 @@ class Verifier:
     def __init__(self, secret: str | bytes, cache_size: int = 4096) -> None:
         key = secret.encode("utf-8") if isinstance(secret, str) else secret
         self._keyed = hmac.new(key, digestmod=hashlib.sha256) if key else None
+        self.signs = bool(key)
+        """False for an empty secret: nothing is really verified."""
         self._texts: dict[tuple[str, bytes], str] = {}
         self._cache_size = cache_size
 
-    def signed_text(self, message: Mapping[str, Any]) -> bytes:
-        """Same bytes as :func:`signed_text`."""
+    def signed_text(self, message: Mapping[str, Any], texts: Mapping[str, str] | None = None) -> bytes:
+        """Same bytes as :func:`signed_text`.
+
+        Args:
+            texts: :func:`nested_text` of some top-level objects, already known to the caller.
+        """
         out: list[str] = []
-        texts = self._texts
+        memo = self._texts
         for name in sorted(message):
             if name == SIGNATURE_KEY:
                 continue
@@ -173,15 +186,15 @@ class Verifier:
                 out.append(name)
                 out.append(value)
             elif kind is dict:
-                key = (name, marshal.dumps(value, 2))
-                text = texts.get(key)
+                text = texts.get(name) if texts else None
                 if text is None:
-                    parts: list[str] = []
-                    _walk(value, f"{name}:", parts)
-                    text = "".join(parts)
-                    if len(texts) >= self._cache_size:
-                        texts.clear()
-                    texts[key] = text
+                    key = (name, marshal.dumps(value, 2))
+                    text = memo.get(key)
+                    if text is None:
+                        text = nested_text(name, value)
+                        if len(memo) >= self._cache_size:
+                            memo.clear()
+                        memo[key] = text
                 out.append(text)
             elif kind is list:
                 out.append(name)
@@ -193,15 +206,15 @@ class Verifier:
                 out.append(str(value))
         return "".join(out).encode("utf-8")
 
-    def __call__(self, message: Mapping[str, Any]) -> bool:
-        """Same result as ``verify_signature(message, secret)``."""
+    def __call__(self, message: Mapping[str, Any], texts: Mapping[str, str] | None = None) -> bool:
+        """Same result as ``verify_signature(message, secret)`` (``texts``: as :meth:`signed_text`)."""
         given = message.get(SIGNATURE_KEY)
         if not isinstance(given, str):
             return False
         if self._keyed is None:
             return given == ""
         try:
-            data = self.signed_text(message)
+            data = self.signed_text(message, texts)
         except (ValueError, TypeError):
             return False
         mac = self._keyed.copy()

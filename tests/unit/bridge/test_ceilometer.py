@@ -190,3 +190,25 @@ def test_an_empty_secret_reads_only_unsigned_data():
     assert len(result.samples) == 1
     [(index, err)] = result.rejected
     assert (index, err.reason) == (1, "bad_signature")
+
+
+def test_orjson_reads_fast_and_python_json_decides_what_it_cannot():
+    """orjson reads integers beyond 64 bits as floats: such a message fails its first check and is read
+    again exactly, so the edge case's 10**20 verifies and is stored as Ceilometer signed it."""
+    [rec] = [r for r in records() if r["scenario"] == "edge_case_signature"]
+    r = reader()
+    assert r.fast
+    [edge] = r.read(rec["value"].encode(), NOW_US).samples
+    assert edge["resource_metadata"]["big"] == "100000000000000000000"
+    assert edge["resource_metadata"]["tiny"] == "1e-07" and edge["resource_metadata"]["whole_float"] == "2.0"
+    msg = signed({**captured_payload()[0], "counter_volume": 10**30})
+    [sample] = r.read(envelope([msg]), NOW_US).samples
+    assert sample["volume"] == 1e30
+    nan = envelope([signed({**captured_payload()[1], "monotonic_time": float("nan")})])
+    assert b"NaN" in nan
+    [sample] = r.read(nan, NOW_US).samples  # orjson refuses NaN; json reads it
+    assert sample["monotonic_time"] != sample["monotonic_time"]
+    tampered = signed(captured_payload()[0])
+    tampered["resource_metadata"] = {**tampered["resource_metadata"], "cpu_number": 2}
+    [(_, err)] = r.read(envelope([tampered]), NOW_US).rejected
+    assert err.reason == "bad_signature"

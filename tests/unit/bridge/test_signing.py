@@ -149,7 +149,7 @@ def test_the_verifiers_memory_of_nested_objects_never_confuses_types():
         m["message_signature"] = compute_signature(m, SECRET)
         variants.append(m)
     for _ in range(2):  # the second round answers from memory
-        for i, m in enumerate(variants):
+        for m in variants:
             assert verify(m)
             assert verify.signed_text(m) == signed_text(m)
             for other in variants:  # another's signature fits exactly when it does for Ceilometer
