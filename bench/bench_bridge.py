@@ -175,7 +175,7 @@ def run_bridge(env: dict[str, str], values: list[bytes], samples: int, bootstrap
             peak = max(peak, ps.memory_info().rss)
             if proc.poll() is not None or time.perf_counter() - started > 600:
                 raise RuntimeError(f"bridge stopped early; see {env['BENCH_LOG']}")
-            time.sleep(0.05)
+            time.sleep(0.2)
         seconds, cpu = time.perf_counter() - started, sum(ps.cpu_times()[:2]) - cpu0
         published = metric(port, "streams_bridge_samples_total")
     finally:

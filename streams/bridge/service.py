@@ -17,6 +17,9 @@ its delivery rule is a plain loop. Per batch (at most
    ``ceilometer.dlq_topic``; wait until the broker has acknowledged all;
 4. commit the batch's source offsets.
 
+Steps 2-4 of batch N run while batch N+1 is translated; at most one batch
+is being delivered, and batches are delivered and committed in order.
+
 A crash anywhere before 4 re-reads the batch: nothing is lost, and the
 repeats are dropped downstream (events by the lookup in 2, samples by the
 processor), so no stored row is duplicated. If the broker refuses a record
@@ -146,7 +149,10 @@ class CeilometerBridge(Service):
 
     @Service.task
     async def _consume(self) -> None:
+        # Batch N is delivered and committed (broker and ClickHouse round trips) while batch N+1
+        # is translated; deliveries and commits stay in batch order, one at a time.
         c = self.settings.ceilometer
+        pending: asyncio.Task | None = None
         while not self.should_stop:
             msgs = await asyncio.to_thread(self.consumer.consume, c.batch_size, c.batch_timeout)
             good = []
@@ -159,14 +165,20 @@ class CeilometerBridge(Service):
                 continue
             started = time.perf_counter()
             out = await asyncio.to_thread(self.translator.translate, good)
-            translated = time.perf_counter() - started
-            await self.deliver(out)
-            await self.commit(good)
-            RECORDS.inc(len(good))
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("batch of %d records: %d samples, %d events, %d dead letters; translate %.0f ms, "
-                          "total %.0f ms", len(good), out.samples, len(out.events), len(out.dead_letters),
-                          translated * 1000, (time.perf_counter() - started) * 1000)
+                log.debug("batch of %d records: %d samples, %d events, %d dead letters; translated in %.0f ms",
+                          len(good), out.samples, len(out.events), len(out.dead_letters),
+                          (time.perf_counter() - started) * 1000)
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(self._deliver_and_commit(out, good))
+        if pending is not None:
+            await pending
+
+    async def _deliver_and_commit(self, out: TranslatedBatch, msgs: list) -> None:
+        await self.deliver(out)
+        await self.commit(msgs)
+        RECORDS.inc(len(msgs))
 
     async def deliver(self, out: TranslatedBatch) -> None:
         """Store the events, produce records and dead letters, and wait for the broker (exits on failure)."""
