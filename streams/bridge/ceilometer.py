@@ -218,6 +218,14 @@ def _text(msg: Mapping[str, Any], key: str) -> str:
     return v
 
 
+def _timestamp(msg: Mapping[str, Any], key: str) -> int:
+    value = msg.get(key)
+    try:
+        return parse_timestamp(value)
+    except (TypeError, ValueError):
+        raise RejectedMessage("normalize", "bad_timestamp", f"{key} {value!r} is not ISO 8601") from None
+
+
 def normalize_sample(msg: Mapping[str, Any],
                      metadata_strings: Callable[[dict], dict[str, str]] = metadata_to_strings) -> Sample:
     """One metering message -> a ``streams.Sample`` dict (units and ranges not yet checked).
@@ -247,11 +255,7 @@ def normalize_sample(msg: Mapping[str, Any],
         volume = float(volume)
     except OverflowError:
         raise RejectedMessage("normalize", "non_finite_volume", "counter_volume overflows a double") from None
-    stamp = msg.get("timestamp")
-    try:
-        ts = parse_timestamp(stamp)
-    except (TypeError, ValueError):
-        raise RejectedMessage("normalize", "bad_timestamp", f"timestamp {stamp!r} is not ISO 8601") from None
+    ts = _timestamp(msg, "timestamp")
     mono = msg.get("monotonic_time")
     if mono is not None and (isinstance(mono, bool) or not isinstance(mono, int | float)):
         raise RejectedMessage("normalize", "bad_field", f"monotonic_time {mono!r} is not a number")
@@ -345,11 +349,7 @@ def normalize_event(msg: Mapping[str, Any]) -> Event:
     """
     mid = _text(msg, "message_id")
     event_type = _text(msg, "event_type")
-    generated = msg.get("generated")
-    try:
-        generated_us = parse_timestamp(generated)
-    except (TypeError, ValueError):
-        raise RejectedMessage("normalize", "bad_timestamp", f"generated {generated!r} is not ISO 8601") from None
+    generated_us = _timestamp(msg, "generated")
     traits = msg.get("traits")
     if traits is None:
         traits = []

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from streams.storage.backend import ServerConnection
 from streams.topics import create_topics
@@ -182,27 +182,11 @@ def test_samples_and_events_from_ceilometer_are_stored_with_ceilometers_values(p
     assert bridge.metric("streams_bridge_dead_letters_total") == 0
 
 
-def _read(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "session.timeout.ms": 6000})
-    c.subscribe([topic])
-    got = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(got) < expected and time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is not None and m.error() is None:
-                got.append(m)
-    finally:
-        c.close()
-    return got
-
-
 def test_tampered_and_bad_records_land_in_the_dead_letter_topic_and_the_bridge_goes_on(pipeline, ceilometer):
     t = datetime.now(UTC) - timedelta(minutes=10)
     call = [sample("cpu", "cumulative", "ns", 7777, "vm-t", t), sample("cpu", "cumulative", "ns", 8888, "vm-u", t)]
     ceilometer.publish([call])
-    [original] = _read(ceilometer.bootstrap, ceilometer.topics[0], 1)
+    [original] = pipeline.consume(ceilometer.topics[0], 1)
     value = original.value()
     assert value.count(b'\\"counter_volume\\": 7777') == 1
     tampered = value.replace(b'\\"counter_volume\\": 7777', b'\\"counter_volume\\": 7778')
@@ -220,7 +204,7 @@ def test_tampered_and_bad_records_land_in_the_dead_letter_topic_and_the_bridge_g
     processor = pipeline.spawn("process")
     bridge.wait_ready()
     processor.wait_ready()
-    letters = _read(ceilometer.bootstrap, ceilometer.dlq, 3, timeout=60)
+    letters = pipeline.consume(ceilometer.dlq, 3, timeout=60)
     by_reason = {}
     for m in letters:
         h = dict(m.headers())
