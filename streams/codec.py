@@ -57,10 +57,6 @@ HEADER_SIZE = len(MAGIC) + 8
 SCHEMA_DIR_ENV = "STREAMS_SCHEMA_DIR"
 BATCH_SCHEMA = "streams.SampleBatch"
 SAMPLE_SCHEMA = "streams.Sample"
-MAYBE_STORED_HEADER = "streams.maybe-stored"
-"""Kafka record header (value ``b"1"``): this record's samples may be stored already (e.g. the
-Ceilometer bridge replays source records after a crash, and Ceilometer's ``per_meter_topic`` sends
-samples twice), so the processor checks storage for them as it does for a replay."""
 
 
 class Sample(TypedDict, total=False):

@@ -10,9 +10,9 @@ benchmarked on its own:
 3. drop samples whose ``message_id`` repeats within the batch (Ceilometer's
    ``per_meter_topic`` sends every sample twice; repeats across batches are
    left to the processor, which checks storage for every record the bridge
-   writes, see :data:`~streams.codec.MAYBE_STORED_HEADER`);
-4. group samples by ``resource_id`` and encode each group as one signed
-   ``SampleBatch`` (:class:`~streams.bridge.avro.SampleBatchWriter`, the
+   writes, see :data:`~streams.processor.stages.MAYBE_STORED_HEADER`);
+4. group samples by ``resource_id`` and encode each group as signed
+   ``SampleBatch`` records within the processor's input limits (:class:`~streams.bridge.avro.SampleBatchWriter`, the
    bytes of :class:`~streams.codec.BatchCodec`), keyed by resource id.
 
 A record with any refused entry becomes one dead letter: its original key,
@@ -24,6 +24,7 @@ record). Its other entries go on: each is signed on its own.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from streams.bridge.avro import SampleBatchWriter
 from streams.bridge.ceilometer import CeilometerReader
 from streams.bridge.events import SourcedEvent
 from streams.bridge.meters import MeterDefinitions, SkippedMeter
-from streams.codec import BatchCodec, RejectedMessage, Sample
+from streams.codec import BatchCodec, RecordLimits, RejectedMessage, Sample
 from streams.processor.stages import dlq_headers
 
 ENCODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
@@ -100,12 +101,16 @@ class BatchTranslator:
         reader: reads one record value.
         meters: definitions deriving samples from events.
         codec: signs and encodes SampleBatch records with this project's key.
+        limits: the processor's input limits (``processor.max_*``): a record
+            holds at most ``samples`` samples and ``record_bytes`` bytes.
     """
 
-    def __init__(self, reader: CeilometerReader, meters: MeterDefinitions, codec: BatchCodec) -> None:
+    def __init__(self, reader: CeilometerReader, meters: MeterDefinitions, codec: BatchCodec,
+                 limits: RecordLimits | None = None) -> None:
         self.reader = reader
         self.meters = meters
         self.codec = codec
+        self.limits = limits or RecordLimits()
         self.writer = SampleBatchWriter(codec)
 
     def translate(self, batch: Sequence[Record], now_us: int | None = None) -> TranslatedBatch:
@@ -150,32 +155,53 @@ class BatchTranslator:
                 groups[s["resource_id"]] = [i]
             else:
                 group.append(i)
-        encode = self.writer.encode
+        step = self.limits.samples
         for rid, idx in groups.items():
-            group = [samples[i] for i in idx]
-            try:
-                out.records.append((rid.encode(), encode(group)))
-                out.samples += len(group)
-            except ENCODE_ERRORS as exc:  # e.g. text with a lone surrogate (no UTF-8 form)
-                self._unencodable(out, samples, idx, origin, exc)
+            for start in range(0, len(idx), step):
+                self._emit(out, rid.encode(), samples, idx[start:start + step], origin)
         return out
+
+    def _emit(self, out: TranslatedBatch, key: bytes, samples: list[Sample], idx: list[int],
+              origin: list[tuple[int, Any]]) -> None:
+        """Encode the samples ``idx`` of one resource as records the processor accepts (its
+        ``max_record_bytes``: halves until each fits)."""
+        group = [samples[i] for i in idx]
+        try:
+            data = self.writer.encode(group)
+        except ENCODE_ERRORS as exc:  # e.g. text with a lone surrogate (no UTF-8 form)
+            self._unencodable(out, samples, idx, origin, exc)
+            return
+        if len(data) <= self.limits.record_bytes:
+            out.records.append((key, data))
+            out.samples += len(group)
+        elif len(idx) > 1:
+            half = len(idx) // 2
+            self._emit(out, key, samples, idx[:half], origin)
+            self._emit(out, key, samples, idx[half:], origin)
+        else:
+            self._refuse(out, samples, idx[0], origin, RejectedMessage(
+                "normalize", "too_large", f"sample {samples[idx[0]]['message_id']!r} encodes to {len(data)} bytes; "
+                f"the processor's max_record_bytes is {self.limits.record_bytes}"))
 
     def _unencodable(self, out: TranslatedBatch, samples: list[Sample], idx: list[int],
                      origin: list[tuple[int, Any]], exc: Exception) -> None:
         """Encode a failed group one sample at a time; dead-letter the records of the samples that fail."""
-        import bisect
-
-        starts = [start for start, _ in origin]
         good = []
         for i in idx:
             try:
                 self.writer.encode([samples[i]])
-                good.append(samples[i])
+                good.append(i)
             except ENCODE_ERRORS as err:
-                rec = origin[bisect.bisect_right(starts, i) - 1][1]
-                error = RejectedMessage("normalize", "unencodable", f"sample {samples[i]['message_id']!r}: {err}")
-                out.rejected.append((error.stage, error.reason))
-                out.dead_letters.append(DeadLetter(rec, error, [-1]))
+                self._refuse(out, samples, i, origin, RejectedMessage(
+                    "normalize", "unencodable", f"sample {samples[i]['message_id']!r}: {err}"))
         if good:
-            out.records.append((good[0]["resource_id"].encode(), self.writer.encode(good)))
-            out.samples += len(good)
+            self._emit(out, samples[good[0]]["resource_id"].encode(), samples, good, origin)
+
+    @staticmethod
+    def _refuse(out: TranslatedBatch, samples: list[Sample], i: int, origin: list[tuple[int, Any]],
+                error: RejectedMessage) -> None:
+        """Dead-letter the record sample ``i`` came from (the record's other samples went on)."""
+        starts = [start for start, _ in origin]
+        rec = origin[bisect.bisect_right(starts, i) - 1][1]
+        out.rejected.append((error.stage, error.reason))
+        out.dead_letters.append(DeadLetter(rec, error, [-1]))

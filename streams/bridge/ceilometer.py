@@ -418,9 +418,10 @@ class CeilometerReader:
 
     Args:
         verify: checks Ceilometer's signatures (:class:`~streams.bridge.signing.Verifier`).
-        normalizer: the processor's unit and range rules, applied here per
-            sample so one bad sample never costs the other samples of its
-            record downstream (the processor refuses a SampleBatch as a whole).
+        normalizer: the processor's unit, range and size rules (built from the
+            same settings), applied here per sample so one bad sample never
+            costs the other samples of its record downstream (the processor
+            refuses a SampleBatch as a whole).
         limits: input limits.
     """
 
@@ -444,19 +445,19 @@ class CeilometerReader:
         for i, msg in enumerate(env.payload):
             try:
                 try:
-                    self._entry(i, msg, now_us, result)
+                    self._entry(i, msg, now_us, result, len(value))
                 except RejectedMessage as exc:
                     if exc.stage != "verify" or env.text is None:
                         raise
                     exact = exact if exact is not None else exact_payload(env)
-                    self._entry(i, exact[i], now_us, result)  # read exactly, then verified again
+                    self._entry(i, exact[i], now_us, result, len(value))  # read exactly, verified again
             except RejectedMessage as exc:
                 result.rejected.append((i, exc))
             except RecursionError:
                 result.rejected.append((i, RejectedMessage("limits", "too_deep", f"payload[{i}] nests too deep")))
         return result
 
-    def _entry(self, i: int, msg: Any, now_us: int | None, result: ReadResult) -> None:
+    def _entry(self, i: int, msg: Any, now_us: int | None, result: ReadResult, size: int) -> None:
         """Verify and normalize payload entry ``i`` into ``result``.
 
         Raises:
@@ -480,6 +481,7 @@ class CeilometerReader:
             raise RejectedMessage("verify", "bad_signature",
                                   f"payload[{i}] {msg.get('message_id')!r}: HMAC mismatch")
         if is_sample:
-            result.samples.extend(self.normalizer.normalize([normalize_sample(msg, strings)], now_us))
+            # The record's size bounds every string in it: the normalizer checks string lengths only above it.
+            result.samples.extend(self.normalizer.normalize([normalize_sample(msg, strings)], now_us, size))
         else:
             result.events.append(normalize_event(msg))

@@ -46,10 +46,11 @@ from streams.bridge.ceilometer import CeilometerReader, Limits
 from streams.bridge.events import EventStore
 from streams.bridge.meters import load_meters
 from streams.bridge.signing import Verifier
-from streams.codec import MAYBE_STORED_HEADER, BatchCodec
+from streams.codec import BatchCodec
 from streams.config import Settings
 from streams.observability import MetricsServer
 from streams.processor.normalize import Normalizer
+from streams.processor.stages import MAYBE_STORED_HEADER
 from streams.publisher import producer_config
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,13 @@ def build_translator(settings: Settings) -> BatchTranslator:
     Raises:
         ConfigError: no signing key, a bad telemetry secret, or a bad meters file.
     """
-    c = settings.ceilometer
-    reader = CeilometerReader(Verifier(c.secret()), Normalizer(settings.processor.max_future_skew),
+    c, p = settings.ceilometer, settings.processor
+    limits = p.limits()  # what the processor accepts: the bridge's records stay within it
+    normalizer = Normalizer(p.max_future_skew, max_sample_age=settings.max_sample_age, limits=limits)
+    reader = CeilometerReader(Verifier(c.secret()), normalizer,
                               Limits(c.max_record_bytes, c.max_depth, c.max_payload_entries))
-    return BatchTranslator(reader, load_meters(c.meters, c.source), BatchCodec(settings.signing.keyring()))
+    return BatchTranslator(reader, load_meters(c.meters, c.source),
+                           BatchCodec(settings.signing.keyring(), limits=limits), limits)
 
 
 class CeilometerBridge(Service):

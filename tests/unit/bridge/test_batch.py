@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from streams.bridge.batch import BatchTranslator
 from streams.bridge.ceilometer import CeilometerReader, parse_timestamp
 from streams.bridge.meters import load_meters
-from streams.bridge.signing import Verifier
+from streams.bridge.signing import Verifier, compute_signature
 from streams.processor.normalize import Normalizer
 from tests.unit.bridge.conftest import SECRET, records
 
@@ -94,3 +94,31 @@ def test_an_unencodable_sample_dead_letters_its_record_not_the_batch(codec):
     assert out.samples == 1 and [codec.decode(v)[0]["message_id"] for _, v in out.records] == ["a"]
     [dead] = out.dead_letters
     assert dead.record.offset() == 2 and dead.error.reason == "unencodable"
+
+
+def test_records_stay_within_the_processors_limits(codec):
+    """A resource with more samples than processor.max_samples_per_record, or more bytes than
+    max_record_bytes, is split into several records; a sample alone over the limit is dead-lettered."""
+    from streams.codec import RecordLimits
+
+    def sample(mid: str, resource: str = "r1", big: str = "") -> dict:
+        msg = {"source": "s", "counter_name": "cpu", "counter_type": "gauge", "counter_unit": "%",
+               "counter_volume": 1, "user_id": None, "user_name": None, "project_id": None, "project_name": None,
+               "resource_id": resource, "timestamp": "2025-06-01T00:00:00", "resource_metadata": {"big": big},
+               "message_id": mid, "monotonic_time": None}
+        msg["message_signature"] = compute_signature(msg, SECRET)
+        return msg
+
+    def record(*payload) -> bytes:
+        return json.dumps({"oslo.message": json.dumps({"payload": list(payload)})}).encode()
+
+    limits = RecordLimits(record_bytes=4000, samples=3)
+    t = BatchTranslator(CeilometerReader(Verifier(SECRET), Normalizer(limits=limits)), load_meters(), codec, limits)
+    out = t.translate([Msg(record(*[sample(f"m{i}") for i in range(7)]), _offset=1),
+                       Msg(record(*[sample(f"b{i}", "r2", "x" * 1500) for i in range(4)]), _offset=2),
+                       Msg(record(sample("huge", "r3", "y" * 5000)), _offset=3)], NOW_US)
+    sizes = {key: [len(codec.decode(v)) for k, v in out.records if k == key] for key, _ in out.records}
+    assert sizes[b"r1"] == [3, 3, 1] and sum(sizes[b"r2"]) == 4 and max(sizes[b"r2"]) < 4
+    assert all(len(v) <= 4000 for _, v in out.records) and out.samples == 11
+    [dead] = out.dead_letters
+    assert dead.record.offset() == 3 and dead.error.reason == "too_large"
