@@ -8,13 +8,16 @@ DEMO_CONFIG ?= etc/streams.dev.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap up down status demo soak test test-clock test-unit test-integration bench lint helm-lint image-lock clean
+.PHONY: help bootstrap ceilometer-venv up down status demo soak test test-clock test-unit test-integration bench lint helm-lint image-lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 bootstrap: ## Install Debian packages (zookeeper, clickhouse-server) and the project venv, if missing
 	@bash scripts/bootstrap.sh
+
+ceilometer-venv: ## Ceilometer 27 + oslo.messaging[kafka] in .venv-ceilometer (the bridge's integration tests)
+	@bash scripts/bootstrap-ceilometer.sh
 
 up: bootstrap ## Start the local broker, ZooKeeper and ClickHouse (state in .dev/)
 	@$(STREAMS) dev up
@@ -28,7 +31,7 @@ status: ## Show the local services
 demo: bootstrap ## Run the pipeline on this machine's real metrics for a minute and report from ClickHouse
 	@$(STREAMS) --config $(DEMO_CONFIG) demo
 
-test: bootstrap ## Unit and integration tests against the real local services, then the unit suite a year ahead
+test: bootstrap ceilometer-venv ## Unit and integration tests against the real local services, then the unit suite a year ahead
 	@$(STREAMS) dev up
 	@$(PY) -m pytest tests -ra $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-clock
@@ -40,7 +43,7 @@ test-clock: bootstrap ## The unit suite with the clock 400 days ahead (libfaketi
 test-unit: bootstrap ## Unit tests only (no services)
 	@$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-test-integration: up ## Integration tests only
+test-integration: up ceilometer-venv ## Integration tests only
 	@$(PY) -m pytest tests/integration -ra $(PYTEST_ARGS)
 
 bench: bootstrap .venv-quix/.installed ## Benchmarks; prints figures and writes bench/results.json

@@ -16,7 +16,9 @@ Figures:
   * produce -> row-visible latency percentiles of a paced stream;
   * the sink alone (``bench/bench_sink.py``);
   * bounded state (``bench/bench_state.py``): 1,000,000 distinct resource ids through
-    the processor with eviction on; peak RSS and the state table's size.
+    the processor with eviction on; peak RSS and the state table's size;
+  * the Ceilometer bridge: Ceilometer samples/s through one ``streams bridge
+    ceilometer`` process (``bench/bench_bridge.py``).
 
 Usage: ``python bench/run.py [--samples N] [--out bench/results.json]``.
 Needs the local services (``streams dev up``). Prints figures; asserts nothing.
@@ -388,6 +390,13 @@ def main() -> None:
           f"{st['peak_rss_mib']:.0f} MiB (goal < {st['goal_peak_rss_mib']}); states held: at most "
           f"{st['state_resources_max_seen']:,} seen, {st['state_resources_at_end_of_stream']:,} at the end, "
           f"{st['state_resources_after_eviction']:,} after eviction ({st['evicted']:,} evicted)")
+    print("== Ceilometer bridge, one process (bench/bench_bridge.py)")
+    from bench_bridge import bench as bench_bridge
+
+    results["ceilometer_bridge"] = b = bench_bridge(6000, services["kafka"], env, ROOT / ".dev" / "bench-bridge.log")
+    print(f"   {b['samples']} Ceilometer samples: {b['samples_per_s']:,} samples/s wall, "
+          f"{b['samples_per_cpu_s']:,} per CPU-second (translate alone {b['translate_samples_per_cpu_s']:,}), "
+          f"peak RSS {b['peak_rss_mib']} MiB, load {b['load_average_1m']} (goal {b['goal_samples_per_s']:,}/s)")
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -239,6 +239,7 @@ def process(c: _Ctx) -> None:
 
 from streams.alarms.commands import alarm, notify  # noqa: E402
 from streams.api.commands import api  # noqa: E402
+from streams.bridge.commands import bridge  # noqa: E402
 from streams.checks import check, wait  # noqa: E402
 from streams.coordination.commands import coordination, hooks  # noqa: E402
 from streams.demo import demo  # noqa: E402  (commands defined in their own modules)
@@ -255,6 +256,7 @@ cli.add_command(hooks)
 cli.add_command(wait)
 cli.add_command(check)
 cli.add_command(api)
+cli.add_command(bridge)
 
 
 def main() -> None:

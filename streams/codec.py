@@ -424,16 +424,26 @@ class BatchCodec(SignedCodec):
         return samples
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+_JSON_SCALARS = {int: int.__repr__, bool: lambda v: "true" if v else "false", type(None): lambda v: "null"}
+
+
 def metadata_to_strings(metadata: Mapping[str, Any]) -> dict[str, str]:
     """Flatten resource metadata values to strings for the Avro ``map<string>``.
 
     Strings pass through; everything else (numbers, bools, lists, dicts, None)
     becomes compact JSON text, so nested Ceilometer metadata is carried losslessly.
+    (Integers, booleans and null are written directly, the same text ``json.dumps``
+    gives, and one encoder is reused: the Ceilometer bridge calls this per sample.)
     """
-    return {
-        str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), sort_keys=True)
-        for k, v in metadata.items()
-    }
+    out = {}
+    for k, v in metadata.items():
+        if type(v) is str:
+            out[str(k)] = v
+        else:
+            scalar = _JSON_SCALARS.get(type(v))
+            out[str(k)] = scalar(v) if scalar is not None else _COMPACT_JSON(v)
+    return out
 
 
 def group_by_resource(samples: Iterable[Sample]) -> dict[str, list[Sample]]:

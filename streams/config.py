@@ -457,6 +457,49 @@ class ApiSettings(_Section):
         if len(secrets) != len(set(secrets)):
             raise ValueError("two entries have the same token")
         return v
+class CeilometerSettings(_Section):
+    """``streams bridge ceilometer``: what Ceilometer's ``notifier://...?driver=kafka`` publisher writes,
+    verified and republished to ``kafka.samples_topic`` (events also stored in ClickHouse)."""
+
+    topics: list[str] = Field(
+        ["metering.sample", "event.sample"],
+        description="Topics Ceilometer writes: <topic>.sample[.<virtual host>] (samples and events may share one).")
+    group_id: str = Field("streams-ceilometer-bridge", description="Kafka consumer group of the bridge.")
+    telemetry_secret: SecretStr = Field(
+        SecretStr(""), description="Ceilometer's [publisher] telemetry_secret; verifies every sample and event.")
+    allow_empty_secret: bool = Field(
+        False, description="Accept an empty telemetry_secret (Ceilometer then signs with ''): unsigned data.")
+    dlq_topic: str = Field("ceilometer.dlq", description="Dead-letter topic: refused records, original bytes, "
+                           "streams.dlq.* headers.")
+    meters: str | None = Field(
+        None, description="meters.yaml deriving samples from events; None = the shipped "
+        "etc/ceilometer/meters.yaml (compute instance meters).")
+    store_events: bool = Field(True, description="Insert events into <db>.events before committing offsets.")
+    source: str = Field("openstack", description="source of samples derived from events.")
+    batch_size: int = Field(2000, gt=0, description="Max Kafka records per batch (consume, republish, commit).")
+    batch_timeout: float = Field(0.5, gt=0, description="Seconds to wait to fill a batch.")
+    max_record_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest record value accepted (bytes).")
+    max_depth: int = Field(32, gt=2, description="Deepest bracket nesting of a record accepted.")
+    max_payload_entries: int = Field(10_000, gt=0, description="Most samples or events in one record.")
+    metrics_port: int = Field(9468, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off.")
+
+    def secret(self) -> str:
+        """The telemetry secret to verify with.
+
+        Raises:
+            ConfigError: empty without ``allow_empty_secret``, or Ceilometer's public default.
+        """
+        from streams.bridge.signing import CEILOMETER_DEFAULT_SECRET
+
+        value = self.telemetry_secret.get_secret_value()
+        if not value and not self.allow_empty_secret:
+            raise ConfigError("ceilometer.telemetry_secret: empty; set Ceilometer's [publisher] telemetry_secret "
+                              "(STREAMS_CEILOMETER__TELEMETRY_SECRET), or ceilometer.allow_empty_secret: true "
+                              "to accept unsigned data")
+        if value == CEILOMETER_DEFAULT_SECRET:
+            raise ConfigError("ceilometer.telemetry_secret: is Ceilometer's built-in default, which everyone "
+                              "knows; set a real secret in ceilometer.conf and here")
+        return value
 
 
 class Settings(BaseSettings):
@@ -475,6 +518,7 @@ class Settings(BaseSettings):
     alarms: AlarmSettings = AlarmSettings()
     notifier: NotifierSettings = NotifierSettings()
     api: ApiSettings = ApiSettings()
+    ceilometer: CeilometerSettings = CeilometerSettings()
     log_level: str = Field("INFO", description="Python logging level name.")
     metrics_host: str = Field(
         "127.0.0.1", description="Listen address of every service's /metrics, /healthz and /readyz server; "

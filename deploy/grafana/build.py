@@ -96,6 +96,14 @@ FROM {DB}.rollups_1h
 WHERE $__timeFilter(bucket)
 GROUP BY name, unit
 ORDER BY name""", kind="table"),
+    panel("Recent events (Ceilometer)", f"""
+SELECT generated, event_type, traits.value[indexOf(traits.key, 'resource_id')] AS resource_id,
+       arrayStringConcat(arrayMap((k, v) -> concat(k, '=', v), traits.key, traits.value), ', ') AS traits,
+       message_id
+FROM {DB}.events FINAL
+WHERE $__timeFilter(generated)
+ORDER BY generated_us DESC
+LIMIT 200""", kind="table"),
 ], [])
 
 RESOURCE = dashboard("streams-resource", "Resource drill-down", [

@@ -59,6 +59,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "pipeline_health", schema.pipeline_health),
     Migration(6, "grafana_readonly_user",
               lambda t: "skip: the read-only user is managed on every migrate (streams.storage.access)"),
+    Migration(7, "events", schema.events),
 )
 """All migrations, in order."""
 

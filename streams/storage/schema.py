@@ -50,6 +50,10 @@ Tables (all in one database; see docs/storage.md):
 ``schema_migrations``
     which migrations this server applied; always local to each server, never
     replicated, so ``streams schema status`` is right on every node.
+``events``
+    Ceilometer events (audit and billing; Panko's job), written by the
+    Ceilometer bridge, ``ReplacingMergeTree`` by ``(event_type,
+    generated_us, message_id)`` so a replayed event collapses.
 """
 
 from __future__ import annotations
@@ -318,6 +322,49 @@ def pipeline_health(t: Target) -> list[str]:
     key String""", "ReplacingMergeTree", "(topic, partition, offset)", partition_by="toYYYYMM(timestamp)",
                     shard_key="cityHash64(topic, partition, offset)")
     return flushes.ddl(t) + letters.ddl(t)
+
+
+EVENT_COLUMNS = (
+    "message_id",
+    "event_type",
+    "generated_us",
+    "traits.key",
+    "traits.dtype",
+    "traits.value",
+    "raw",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+)
+"""Columns the Ceilometer bridge inserts into ``events``, in order."""
+
+
+def events(t: Target) -> list[str]:
+    """``events``: Ceilometer events, one row per event (migration 7).
+
+    ``generated_us`` (Int64, µs since the epoch, UTC) is exact; ``generated``
+    is derived from it like ``samples.timestamp``. ``traits`` is
+    ``Nested(key, dtype, value)``: Ceilometer's trait name, dtype code (0 none,
+    1 string, 2 integer, 3 float, 4 datetime) and value as text. ``raw`` is the
+    original notification as JSON text when Ceilometer stores it (``[event]
+    store_raw``), else ''. ``source_*`` is the Kafka position the event was read
+    from. ``ReplacingMergeTree``: a replayed event (same key) collapses at merge
+    time, and the bridge skips events already stored before inserting. In a
+    cluster, an event's copies meet on one shard (sharded by ``message_id``).
+    """
+    d = t.dialect
+    return Table("events", f"""    message_id String{d.codec("ZSTD(1)")},
+    event_type {d.lc},
+    generated_us Int64{d.codec("Delta, ZSTD(1)")},
+    generated {d.ts_from_us("generated_us")},
+    traits Nested(key String, dtype UInt8, value String),
+    raw String{d.codec("ZSTD(3)")},
+    source_topic {d.lc},
+    source_partition Int32,
+    source_offset Int64,
+    inserted_at DateTime DEFAULT now()""", "ReplacingMergeTree", "(event_type, generated_us, message_id)",
+                 partition_by="toYYYYMM(generated)", ttl=d.ttl("generated"),
+                 shard_key="halfMD5(message_id)").ddl(t)
 
 
 def schema_migrations(database: str) -> list[str]:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from streams.bridge.ceilometer import Event
+from streams.bridge.events import EventStore, SourcedEvent
 from streams.config import ClickHouseSettings
 from streams.storage.backend import Connection, EmbeddedConnection, ServerConnection, close_chdb
 from streams.storage.clickhouse import ClickHouseSink
@@ -30,6 +32,7 @@ EXPECTED_COLUMNS = {
     "Resources seen": ["resources"],
     "Top 10 resources by memory": ["resource_id", "memory_bytes"],
     "Meters": ["name", "unit", "resources", "samples", "min", "max"],
+    "Recent events (Ceilometer)": ["generated", "event_type", "resource_id", "traits", "message_id"],
     "${meter} of ${resource}: min / avg / max": ["time", "min", "avg", "max"],
     "${meter} of ${resource}: statistics": ["count", "min", "max", "avg", "sum", "last"],
     "Raw samples": ["timestamp", "name", "volume", "unit", "type", "message_id"],
@@ -71,6 +74,9 @@ def seed(conn: Connection, settings: ClickHouseSettings) -> None:
     conn.insert_columns(f"{db}.alarm_history", cols, [list(c) for c in zip(*rows, strict=True)])
     record_dead_letters(conn, [DeadLetter("verify", "bad_signature", "hmac mismatch", "samples", 0, 17, b"evil"),
                                DeadLetter("decode", "not_single_object", "", "samples", 1, 3)])
+    EventStore(conn).store([SourcedEvent(Event(str(uuid.uuid4()), "compute.instance.create.end", now_us - k * 60_000_000,
+                                               (("resource_id", 1, "host-0"), ("memory_mb", 2, 2048))),
+                                         "event.sample", 0, k) for k in range(3)])
 
 
 def run_dashboards(conn: Connection, database: str) -> dict[str, int]:
