@@ -69,7 +69,7 @@ helm-lint: bootstrap ## Render, lint and validate the Helm chart and check the i
 
 image-lock: bootstrap ## Regenerate requirements.lock, the image's pinned and hashed dependencies (uv, needs PyPI)
 	@$(PY) -m pip install -q uv
-	@printf 'setuptools>=68\nwheel\n' | $(VENV)/bin/uv pip compile pyproject.toml - --universal --python-version 3.11 \
+	@printf 'setuptools>=74.1\nwheel\n' | $(VENV)/bin/uv pip compile pyproject.toml - --universal --python-version 3.11 \
 		--generate-hashes --custom-compile-command "make image-lock" -o requirements.lock
 
 clean: ## Stop services and delete .dev/ (data, logs)
