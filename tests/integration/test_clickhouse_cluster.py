@@ -28,6 +28,7 @@ from streams.observability import SINK_RETRIES
 from streams.storage.backend import ServerConnection
 from streams.storage.clickhouse import ClickHouseSink
 from streams.storage.cluster import Topology
+from streams.storage.migrations import MIGRATIONS
 from tests.conftest import make_test_sample, recent_hour_us
 from tests.integration.conftest import wait_for
 from tests.integration.test_grafana import run_dashboards, seed
@@ -125,11 +126,10 @@ def cdb(pipeline, cluster, monkeypatch):
 
 def test_migrations_create_replicated_tables_distributed_reads_and_views_on_every_node(pipeline, cluster, cdb):
     status = streams_cli(pipeline, "schema", "status", **cdb.env)
-    assert status.strip().splitlines()[-1] == "24 applied, 0 pending on 4 nodes"
+    assert status.strip().splitlines()[-1] == f"{4 * len(MIGRATIONS)} applied, 0 pending on 4 nodes"
     for n in cluster.nodes:
         mine = [line.split()[1:3] for line in status.splitlines() if line.startswith(n.address + " ")]
-        assert mine == [[str(m), name] for m, name in enumerate(
-            ["samples", "resources", "rollups_1m_1h", "alarm_history", "pipeline_health", "grafana_readonly_user"], 1)]
+        assert mine == [[str(m.version), m.name] for m in MIGRATIONS]
         c = cluster.client(n.name)
         try:
             engines = dict(c.execute("SELECT name, engine FROM system.tables WHERE database = %(d)s", {"d": cdb.db}))
@@ -141,8 +141,9 @@ def test_migrations_create_replicated_tables_distributed_reads_and_views_on_ever
         assert engines["samples_local"] == "ReplicatedReplacingMergeTree"
         assert engines["rollups_1m_local"] == engines["rollups_1h_local"] == "ReplicatedAggregatingMergeTree"
         assert engines["sink_flushes_local"] == "ReplicatedMergeTree"
+        assert engines["events_local"] == "ReplicatedReplacingMergeTree"
         for table in ("samples", "resources", "rollups_1m", "rollups_1h", "alarm_history", "sink_flushes",
-                      "dead_letters"):
+                      "dead_letters", "events"):
             assert engines[table] == "Distributed", table
         assert engines["rollups_1m_mv"] == engines["resources_mv"] == "MaterializedView"
         assert engines["schema_migrations"] == "ReplacingMergeTree"  # each node's own record
