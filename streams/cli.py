@@ -70,18 +70,24 @@ def topics() -> None:
 
 @topics.command("create")
 @click.option("--partitions", type=click.IntRange(min=1), help="Override kafka.partitions.")
+@click.option("--ceilometer", is_flag=True,
+              help="Also create the Ceilometer bridge's ceilometer.topics and ceilometer.dlq_topic "
+                   "(what `streams bridge ceilometer --create-topics` creates).")
 @pass_ctx
-def topics_create(c: _Ctx, partitions: int | None) -> None:
+def topics_create(c: _Ctx, partitions: int | None, ceilometer: bool) -> None:
     """Create the samples, dead-letter and processor state topics (idempotent)."""
     from streams.processor.app import ensure_state_topic
     from streams.processor.state import changelog_topic
-    from streams.topics import create_topics
+    from streams.topics import create_topics, pipeline_topics
 
     settings = c.settings
     if partitions:
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"partitions": partitions})})
     s = settings.kafka
-    for name, state in create_topics(s).items():
+    names = None
+    if ceilometer:
+        names = [*pipeline_topics(s), *settings.ceilometer.topics, settings.ceilometer.dlq_topic]
+    for name, state in create_topics(s, names).items():
         click.echo(f"{name}: {state} ({s.partitions} partitions requested)")
     try:
         ensure_state_topic(settings)

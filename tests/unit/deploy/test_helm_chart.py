@@ -18,6 +18,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from streams.api.auth import TokenAuth, create_authenticator
+from streams.bridge.meters import load_meters
 from streams.cli import cli
 from streams.config import load_settings
 from streams.pipeline import load_pipeline
@@ -43,6 +45,13 @@ GRAFANA = ROOT / "deploy" / "grafana"
 KUBE_VERSION = "1.37"  # the newest schemas kubernetes-validate bundles; checked below
 
 ZK = {"zookeeper": {"hosts": "zk-0.zk:2181,zk-1.zk:2181", "username": "streams", "password": "zk-s3cret"}}
+TOKENS = [{"token": "a-static-api-token-0123", "user_id": "admin", "project_id": "admin", "roles": ["admin"]},
+          {"token": "another-api-token-4567", "user_id": "heat", "project_id": "demo"}]
+API = {"api": {"enabled": True, "tokens": TOKENS}}
+BRIDGE = {"ceilometerBridge": {"enabled": True, "telemetrySecret": "the-ceilometer-telemetry-secret"}}
+METERS = {"metric": [{"name": "vcpus", "event_type": "compute.instance.*", "type": "gauge", "unit": "vcpu",
+                      "volume": "$.payload.vcpus", "resource_id": "$.payload.instance_id",
+                      "project_id": "$.payload.tenant_id", "user_id": "$.payload.user_id"}]}
 COMBOS: dict[str, dict] = {
     "defaults": {**KEYS},
     "replicas": {**KEYS, **ZK, "centralPoller": {"replicas": 3}, "processor": {"replicas": 6},
@@ -54,11 +63,25 @@ COMBOS: dict[str, dict] = {
                                            "clientCertKey": "user.crt", "clientKeyKey": "user.key"}},
                  "processor": {"autoscaling": {"enabled": True}}},
     "tls-only": {**KEYS, "kafka": {"tls": {"enabled": True}}},
-    "servicemonitor": {**KEYS, **ZK, "metrics": {"serviceMonitor": {"enabled": True,
+    "servicemonitor": {**KEYS, **ZK, **API, **BRIDGE, "metrics": {"serviceMonitor": {"enabled": True,
                                                                      "labels": {"release": "kube-prometheus-stack"}},
                                                  "prometheusRule": {"enabled": True}},
                        "grafana": {"datasource": {"enabled": True}}, "clickhouse": {"readonlyPassword": "ro-pass"},
                        "networkPolicy": {"enabled": True, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]}},
+    # The OpenStack services with the operator's Secret, SASL, an Ingress and the bridge's own meters.
+    "openstack": {"secrets": {"existingSecret": "streams-credentials"}, "clickhouse": {"url": ""},
+                  "zookeeper": {"hosts": "zk:2181"}, "api": {"enabled": True, "replicas": 3, "ingress": {
+                      "enabled": True, "className": "nginx", "host": "aodh.example.com", "tlsSecret": "aodh-tls"}},
+                  "ceilometerBridge": {"enabled": True, "replicas": 2, "meters": METERS},
+                  "kafka": {"sasl": {"mechanism": "PLAIN", "username": "streams"}},
+                  "config": {"api": {"rate_meters": {"cpu": "cpu.rate"}, "max_results": 500},
+                             "ceilometer": {"topics": ["metering.sample.openstack", "event.sample.openstack"]}}},
+    # Keystone, and a bridge accepting unsigned Ceilometer data (no telemetry secret at all).
+    "keystone": {**KEYS, "zookeeper": {"hosts": "zk:2181"},
+                 "config": {"api": {"auth": "keystone"}, "ceilometer": {"allow_empty_secret": True}},
+                 "api": {"enabled": True, "keystone": {"auth_url": "https://keystone:5000/v3", "auth_type": "password",
+                                                      "username": "aodh", "password": "ks-s3cret"}},
+                 "ceilometerBridge": {"enabled": True}},
     "compute-namespace": {**KEYS, **ZK, "computePoller": {"namespace": "streams-node", "metricsPort": 19464},
                           "migrations": {"useHelmHooks": False}},
     "minimal": {"computePoller": {"enabled": False}, "centralPoller": {"enabled": False},
@@ -69,7 +92,9 @@ COMBOS: dict[str, dict] = {
 }
 # What an operator's existing Secret holds (secrets.existingSecret).
 EXISTING_SECRET = {"signing-keys": json.dumps({"k1": "an-operator-provided-secret-key"}),
-                   "clickhouse-url": "clickhouse://writer:pw@clickhouse.db:9000/metering"}
+                   "clickhouse-url": "clickhouse://writer:pw@clickhouse.db:9000/metering",
+                   "kafka-sasl-password": "operator-sasl-password", "api-tokens": json.dumps(TOKENS[:1]),
+                   "ceilometer-telemetry-secret": "an-operator-telemetry-secret"}
 # Downward-API fields a pod would see.
 FIELDS = {"spec.nodeName": "node-a", "status.hostIP": "10.0.0.7", "status.podIP": "10.1.0.9"}
 CRDS = ("monitoring.coreos.com/", "keda.sh/")
@@ -124,8 +149,12 @@ def test_default_install_has_every_component(chart):
                        ("ConfigMap", "dashboards"), ("Pod", "test")]:
         assert (kind, f"{full}-{name}") in kinds
     assert ("ServiceAccount", full) in kinds and ("Secret", full) in kinds and ("ConfigMap", full) in kinds
-    for kind in ("ServiceMonitor", "PrometheusRule", "ScaledObject", "NetworkPolicy", "StatefulSet"):
+    for kind in ("ServiceMonitor", "PrometheusRule", "ScaledObject", "NetworkPolicy", "StatefulSet", "Ingress"):
         assert not by_kind(docs, kind), kind
+    for name in ("api", "ceilometer-bridge"):  # the OpenStack services are opt-in
+        assert not [k for k in kinds if k[1] == f"{full}-{name}"], name
+    secret = secret_data(by_kind(docs, "Secret")[full])
+    assert not {"api-tokens", "api-keystone", "ceilometer-telemetry-secret"} & set(secret)
 
 
 # --- the config as rendered, loaded by the project's own loaders ------------------------------
@@ -187,11 +216,38 @@ def test_rendered_config_loads_with_the_project_loaders(rendered, tmp_path, monk
                 assert conf["security.protocol"] == "SSL" and "ssl.ca.location" not in conf  # system CAs
             # Ports of the settings are the ports the probes and Services use.
             port = {"poll": s.poller.metrics_port, "process": s.processor.metrics_port,
-                    "notify": s.notifier.metrics_port}.get(args[0])
+                    "notify": s.notifier.metrics_port, "api": s.api.metrics_port,
+                    "bridge": s.ceilometer.metrics_port}.get(args[0])
             if port is not None:
                 assert [p["containerPort"] for p in c["ports"] if p["name"] == "metrics"] == [port], where
                 assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
                 assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+                assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+                service = by_kind(docs, "Service")[doc["metadata"]["name"]]
+                assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["metrics"] == port, where
+            if args == ["api"]:
+                # Aodh's port on every interface of the pod, behind the Service's port http.
+                assert s.api.host == "0.0.0.0" and [p["containerPort"] for p in c["ports"]] == [s.api.port, port]
+                service = by_kind(docs, "Service")[doc["metadata"]["name"]]
+                assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]][0] == (
+                    "http", s.api.port, "http")
+                assert s.coordination.hosts and s.clickhouse.url
+                assert "STREAMS_KAFKA__SASL_PASSWORD" not in env  # the API has no Kafka client
+                if s.api.auth == "token":  # the tokens in the Secret parse, and `streams api` would start
+                    assert isinstance(create_authenticator(s.api), TokenAuth)
+                    given = values["api"].get("tokens") or json.loads(EXISTING_SECRET["api-tokens"])
+                    assert [t.token.get_secret_value() for t in s.api.tokens] == [t["token"] for t in given]
+                else:
+                    assert s.api.auth == "keystone" and s.api.keystone["password"].get_secret_value() == "ks-s3cret"
+                    assert "ks-s3cret" not in json.dumps(list(configmaps.values()))
+            if args == ["bridge", "ceilometer"]:
+                s.ceilometer.secret()  # a usable telemetry secret (or unsigned data explicitly allowed)
+                assert s.ceilometer.allow_empty_secret or s.ceilometer.telemetry_secret.get_secret_value() in (
+                    values["ceilometerBridge"].get("telemetrySecret"), EXISTING_SECRET["ceilometer-telemetry-secret"])
+                assert len(s.signing.keyring().keys) >= 1 and s.clickhouse.url and s.ceilometer.store_events
+                meters = values["ceilometerBridge"].get("meters")
+                definitions = load_meters(local(s.ceilometer.meters, files) if meters else None)
+                assert len(definitions) == (len(meters["metric"]) if meters else len(load_meters()))
             if args[0] == "poll":
                 assert len(s.signing.keyring().keys) >= 1
                 agent, polling = args[args.index("--agent") + 1], args[args.index("--polling") + 1]
@@ -205,7 +261,7 @@ def test_rendered_config_loads_with_the_project_loaders(rendered, tmp_path, monk
                 else:
                     pipeline = load_pipeline(local(s.processor.pipeline, files))
                     assert "clickhouse://" in pipeline.publishers
-                if combo == "existing-secret":
+                if values.get("secrets", {}).get("existingSecret"):
                     assert s.clickhouse.url == EXISTING_SECRET["clickhouse-url"]
                 else:
                     assert s.clickhouse.url == "clickhouse://default@clickhouse:9000/streams"
@@ -215,7 +271,7 @@ def test_rendered_config_loads_with_the_project_loaders(rendered, tmp_path, monk
                 assert s.coordination.hosts == values["zookeeper"]["hosts"]
                 zk = values["zookeeper"]  # digest credentials: user in streams.yaml, password from the Secret
                 assert (s.coordination.username, s.coordination.password.get_secret_value()) == (
-                    zk["username"], zk["password"])
+                    zk.get("username"), zk.get("password", ""))
 
 
 def test_hook_job_uses_the_same_config(chart):
@@ -238,8 +294,8 @@ def test_every_command_the_chart_runs_exists(chart):
         for doc in render(chart, combo):
             if doc["kind"] in WORKLOADS:
                 commands |= {tuple(c["args"]) for c in containers(doc)}
-    assert {("process",), ("notify",), ("topics", "create"), ("schema", "migrate"), ("wait", "--timeout", "120")} \
-        <= commands
+    assert {("process",), ("notify",), ("topics", "create"), ("schema", "migrate"), ("wait", "--timeout", "120"),
+            ("api",), ("bridge", "ceilometer"), ("topics", "create", "--ceilometer")} <= commands
     runner = CliRunner()
     for args in commands:
         result = runner.invoke(cli, [*args, "--help"])
@@ -301,11 +357,12 @@ def test_service_monitor_scrapes_every_metrics_service(chart):
     (sm,) = by_kind(docs, "ServiceMonitor").values()
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     selector = sm["spec"]["selector"]["matchLabels"]
-    services = by_kind(docs, "Service").values()
-    assert len(services) == 4
-    for svc in services:
+    services = by_kind(docs, "Service")
+    assert len(services) == 6
+    for name, svc in services.items():
         assert selector.items() <= svc["metadata"]["labels"].items()
-        assert [p["name"] for p in svc["spec"]["ports"]] == ["metrics"]
+        ports = [p["name"] for p in svc["spec"]["ports"]]
+        assert ports == (["http", "metrics"] if name.endswith("-api") else ["metrics"]), name
     sm = by_kind(render(chart, {**COMBOS["compute-namespace"], **COMBOS["servicemonitor"],
                                 "computePoller": {"namespace": "streams-node"}}), "ServiceMonitor")
     assert sm[f"{RELEASE}-streams"]["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE, "streams-node"]
@@ -352,6 +409,16 @@ def test_datasource_points_at_clickhouse(chart):
     ({"config": {"processor": {"metrics_port": 0}}}, "/config/processor/metrics_port"),
     ({"zookeeper": {"root": "streams/"}}, "/zookeeper/root"),
     ({"signing": {"keys": {"k1": "short"}}}, "/signing/keys/k1"),
+    ({"api": {"replicas": 0}}, "/api/replicas"),
+    ({"api": {"tokens": [{"token": "too-short", "user_id": "u", "project_id": "p"}]}}, "/api/tokens/0/token"),
+    ({"api": {"tokens": [{"token": "0123456789abcdef", "user_id": "u"}]}}, "missing property 'project_id'"),
+    ({"api": {"tokens": [{"token": "0123456789abcdef", "user_id": "u", "project_id": "p", "role": "admin"}]}},
+     "additional properties 'role'"),
+    ({"config": {"api": {"auth": "none"}}}, "/config/api/auth"),
+    ({"config": {"api": {"metrics_port": 0}}}, "/config/api/metrics_port"),
+    ({"config": {"ceilometer": {"metrics_port": 0}}}, "/config/ceilometer/metrics_port"),
+    ({"config": {"ceilometer": {"topics": []}}}, "/config/ceilometer/topics"),
+    ({"ceilometerBridge": {"replicas": 0}}, "/ceilometerBridge/replicas"),
 ])
 def test_schema_rejects_bad_values(chart, values, where):
     with pytest.raises(helm.HelmValuesError) as exc:
@@ -417,3 +484,119 @@ def test_clickhouse_cluster_mode_reaches_the_settings(chart, tmp_path):
         assert (s.clickhouse.cluster, s.clickhouse.zookeeper_path) == (values["clickhouse"]["cluster"], path)
     plain = by_kind(render(chart, keys), "ConfigMap")[f"{RELEASE}-streams"]
     assert "cluster" not in yaml.safe_load(plain["data"]["streams.yaml"]).get("clickhouse", {})
+
+
+# --- the OpenStack services: the Aodh API and the Ceilometer bridge ---------------------------
+
+def env_names(doc: dict) -> dict[str, dict]:
+    (c,) = pod_spec(doc)["containers"]
+    return {e["name"]: e for e in c["env"]}
+
+
+def test_api_auth_needs_its_credential_or_an_explicit_noauth(chart):
+    zk = {"zookeeper": {"hosts": "zk:2181"}}
+    with pytest.raises(helm.HelmRenderError) as exc:
+        render(chart, {**KEYS, **zk, "api": {"enabled": True}})
+    message = str(exc.value)  # what to set, in every way that works
+    for hint in ("api.tokens", "secrets.existingSecret", "api-tokens", "keystone", "noauth"):
+        assert hint in message, hint
+    with pytest.raises(helm.HelmRenderError, match="api.keystone"):
+        render(chart, {**KEYS, **zk, "api": {"enabled": True}, "config": {"api": {"auth": "keystone"}}})
+    with pytest.raises(helm.HelmRenderError, match="needs zookeeper.hosts"):
+        render(chart, {**KEYS, **API})
+    for key, chart_value in (("tokens", "api.tokens"), ("keystone", "api.keystone")):
+        with pytest.raises(helm.HelmRenderError, match=f"config.api.{key} is a credential.*set {chart_value}"):
+            render(chart, {**KEYS, **zk, **API, "config": {"api": {key: []}}})
+
+    # noauth, chosen explicitly: no credential is read, and NOTES warns.
+    values = {**KEYS, **zk, "api": {"enabled": True}, "config": {"api": {"auth": "noauth"}}}
+    docs = render(chart, values)
+    api = by_kind(docs, "Deployment")[f"{RELEASE}-streams-api"]
+    assert set(env_names(api)) == {"STREAMS_CONFIG", "STREAMS_CLICKHOUSE__URL"}
+    notes = chart.render(values=values, name=RELEASE, namespace=NAMESPACE)["streams/templates/NOTES.txt"]
+    assert "WARNING: config.api.auth is noauth" in notes and "aodh-noauth" in notes
+
+    # token: the tokens are a JSON list in the Secret, read as STREAMS_API__TOKENS.
+    docs = render(chart, {**KEYS, **zk, **API})
+    env = env_names(by_kind(docs, "Deployment")[f"{RELEASE}-streams-api"])
+    assert env["STREAMS_API__TOKENS"]["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-streams", "key": "api-tokens"}
+    assert json.loads(secret_data(by_kind(docs, "Secret")[f"{RELEASE}-streams"])["api-tokens"]) == TOKENS
+    assert "a-static-api-token" not in json.dumps(by_kind(docs, "ConfigMap"))
+    # The operator's Secret stands in for api.tokens (and the hook Job's copy holds no API credential).
+    docs = render(chart, {**zk, "secrets": {"existingSecret": "creds"}, "clickhouse": {"url": ""},
+                          "api": {"enabled": True}})
+    env = env_names(by_kind(docs, "Deployment")[f"{RELEASE}-streams-api"])
+    assert env["STREAMS_API__TOKENS"]["valueFrom"]["secretKeyRef"] == {"name": "creds", "key": "api-tokens"}
+
+
+def test_api_service_ingress_and_network_policy(chart):
+    values = {**KEYS, "zookeeper": {"hosts": "zk:2181"}, **API, "config": {"api": {"port": 8777}},
+              "api": {**API["api"], "ingress": {"enabled": True, "host": "aodh.example.com", "tlsSecret": "aodh-tls",
+                                                "annotations": {"cert-manager.io/cluster-issuer": "le"}}},
+              "networkPolicy": {"enabled": True, "apiFrom": [{"namespaceSelector": {"matchLabels": {
+                  "kubernetes.io/metadata.name": "ingress-nginx"}}}]}}
+    docs = render(chart, values)
+    (c,) = pod_spec(by_kind(docs, "Deployment")[f"{RELEASE}-streams-api"])["containers"]
+    assert c["ports"][0] == {"name": "http", "containerPort": 8777, "protocol": "TCP"}
+    (ingress,) = by_kind(docs, "Ingress").values()
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "aodh.example.com"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {"name": f"{RELEASE}-streams-api", "port": {"name": "http"}}
+    assert ingress["spec"]["tls"] == [{"secretName": "aodh-tls", "hosts": ["aodh.example.com"]}]
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "le"}
+    kubernetes_validate.validate(ingress, KUBE_VERSION, strict=True)
+    (np,) = by_kind(docs, "NetworkPolicy").values()
+    rules = {r["ports"][0]["port"]: r for r in np["spec"]["ingress"]}
+    assert set(rules) == {"metrics", "http"} and "from" not in rules["metrics"]
+    assert rules["http"]["from"] == values["networkPolicy"]["apiFrom"]
+    # Without the API the policy opens the metrics port only.
+    (np,) = by_kind(render(chart, {**KEYS, "networkPolicy": {"enabled": True}}), "NetworkPolicy").values()
+    assert [r["ports"][0]["port"] for r in np["spec"]["ingress"]] == ["metrics"]
+
+
+def test_bridge_needs_the_telemetry_secret(chart):
+    with pytest.raises(helm.HelmRenderError) as exc:
+        render(chart, {**KEYS, "ceilometerBridge": {"enabled": True}})
+    message = str(exc.value)
+    for hint in ("telemetry_secret", "ceilometerBridge.telemetrySecret", "ceilometer-telemetry-secret",
+                 "allow_empty_secret"):
+        assert hint in message, hint
+    with pytest.raises(helm.HelmRenderError, match="built-in default"):
+        render(chart, {**KEYS, "ceilometerBridge": {"enabled": True, "telemetrySecret": "change this for valid signing"}})
+    with pytest.raises(helm.HelmRenderError, match="config.ceilometer.telemetry_secret is a credential"):
+        render(chart, {**KEYS, **BRIDGE, "config": {"ceilometer": {"telemetry_secret": "x"}}})
+    docs = render(chart, {**KEYS, **BRIDGE})
+    env = env_names(by_kind(docs, "Deployment")[f"{RELEASE}-streams-ceilometer-bridge"])
+    ref = env["STREAMS_CEILOMETER__TELEMETRY_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": f"{RELEASE}-streams", "key": "ceilometer-telemetry-secret"}  # required
+    assert {"STREAMS_SIGNING__KEYS", "STREAMS_CLICKHOUSE__URL"} <= set(env)  # it signs and stores events
+    assert secret_data(by_kind(docs, "Secret")[f"{RELEASE}-streams"])["ceilometer-telemetry-secret"] == \
+        BRIDGE["ceilometerBridge"]["telemetrySecret"]
+    # Unsigned data accepted explicitly: the key may be absent from an operator's Secret.
+    docs = render(chart, COMBOS["keystone"])
+    env = env_names(by_kind(docs, "Deployment")[f"{RELEASE}-streams-ceilometer-bridge"])
+    assert env["STREAMS_CEILOMETER__TELEMETRY_SECRET"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_job_creates_the_bridge_topics_when_it_runs(chart):
+    def topics_step(values: dict) -> list[str]:
+        job = by_kind(render(chart, values), "Job")[f"{RELEASE}-streams-migrations"]
+        return next(c["args"] for c in containers(job) if c["name"] == "topics")
+
+    assert topics_step(KEYS) == ["topics", "create"]
+    # The source topics too: their partitions bound the bridge's replicas, and a broker's
+    # auto-creation (when Ceilometer publishes first) would give its default count instead.
+    assert topics_step({**KEYS, **BRIDGE}) == ["topics", "create", "--ceilometer"]
+
+
+def test_helm_test_pod_checks_the_api_in_the_registry(chart):
+    pod = by_kind(render(chart, {**KEYS, "zookeeper": {"hosts": "zk:2181"}, **API}), "Pod")[f"{RELEASE}-streams-test"]
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[:3] == ["check", "--service", "streams-api"] and "streams-process" in args
+
+
+def test_notes_name_the_openstack_services(chart):
+    notes = chart.render(values=COMBOS["servicemonitor"], name=RELEASE,
+                         namespace=NAMESPACE)["streams/templates/NOTES.txt"]
+    assert f"{RELEASE}-streams-api" in notes and "port 8042" in notes and "--os-token" in notes
+    assert f"{RELEASE}-streams-ceilometer-bridge" in notes and "ceilometer.dlq" in notes

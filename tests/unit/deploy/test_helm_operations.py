@@ -33,8 +33,12 @@ from tests.unit.deploy.manifests import (
 )
 
 ZK = {"zookeeper": {"hosts": "zk:2181"}}
+OPENSTACK = {"api": {"enabled": True, "tokens": [{"token": "a-static-api-token-0123", "user_id": "u",
+                                                  "project_id": "p", "roles": ["admin"]}]},
+             "ceilometerBridge": {"enabled": True, "telemetrySecret": "the-ceilometer-telemetry-secret"}}
 ROLLING = {"compute-poller": "DaemonSet", "central-poller": "Deployment", "processor": "Deployment",
-           "notifier": "Deployment"}
+           "notifier": "Deployment", "api": "Deployment", "ceilometer-bridge": "Deployment"}
+SIGNING = set(ROLLING) - {"api"}  # every workload that signs or verifies records
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +66,10 @@ def workload(docs: list[dict], component: str) -> dict:
 
 
 def checksums(chart, values: dict) -> dict[str, tuple[str, str]]:
+    """Component -> (checksum/config, checksum/secret) of every rolling workload ``values`` render."""
     docs = render(chart, values)
     out = {}
-    for component in ROLLING:
+    for component in [c for c in ROLLING if f"{FULL}-{c}" in by_kind(docs, ROLLING[c])]:
         ann = workload(docs, component)["spec"]["template"]["metadata"]["annotations"]
         out[component] = (ann["checksum/config"], ann["checksum/secret"])
     return out
@@ -78,33 +83,44 @@ def env_of(container: dict) -> dict[str, dict]:
 
 @pytest.mark.parametrize("change, rolls", [
     ({"config": {"notifier": {"timeout": 5}}}, {"notifier"}),
-    ({"config": {"processor": {"batch_size": 5000}}}, {"processor"}),
+    # The bridge keeps its records within the processor's limits: it reads that section too.
+    ({"config": {"processor": {"batch_size": 5000}}}, {"processor", "ceilometer-bridge"}),
     ({"config": {"poller": {"interval": 5}}}, {"compute-poller", "central-poller"}),
-    ({"pipeline": None}, {"processor"}),
+    ({"pipeline": None}, {"processor", "ceilometer-bridge"}),  # processor.pipeline is in that section
     ({"computePoller": {"polling": {"sources": [{"name": "host", "interval": 5, "meters": ["*"],
                                                  "pollsters": {"host": {}}}]}}}, {"compute-poller"}),
     ({"config": {"alarms": {"grace": 5}}}, {"processor"}),
-    ({"config": {"kafka": {"session_timeout_ms": 10000}}}, set(ROLLING)),
+    ({"config": {"kafka": {"session_timeout_ms": 10000}}}, SIGNING),  # the API has no Kafka client
+    ({"config": {"coordination": {"session_timeout": 20}}}, {"compute-poller", "central-poller", "processor", "api"}),
     ({"config": {"log_level": "DEBUG"}}, set(ROLLING)),
-    ({"config": {"api": {"port": 8042}}}, set(ROLLING)),  # a section the chart does not know: everyone
-    ({"signing": {"active": "2026-11"}}, set(ROLLING)),  # the notifier verifies signed alarm records
+    ({"config": {"api": {"max_results": 50}}}, {"api"}),
+    ({"config": {"ceilometer": {"batch_size": 500}}}, {"ceilometer-bridge"}),
+    ({"ceilometerBridge": {"meters": {"metric": []}}}, {"ceilometer-bridge"}),
+    ({"config": {"future_section": {"x": 1}}}, set(ROLLING)),  # a section the chart does not know: everyone
+    ({"signing": {"active": "2026-11"}}, SIGNING),  # the notifier verifies signed alarm records
 ])
 def test_a_config_edit_rolls_only_the_workloads_that_read_it(chart, change, rolls):
-    base = merged(KEYS, ZK)
+    base = merged(KEYS, ZK, OPENSTACK)
     before, after = checksums(chart, base), checksums(chart, merged(base, change))
+    assert before.keys() == after.keys() == ROLLING.keys()
     changed = {c for c in ROLLING if before[c][0] != after[c][0]}
     assert changed == rolls
     assert all(before[c][1] == after[c][1] for c in ROLLING), "a config edit changed a secret checksum"
 
 
 @pytest.mark.parametrize("change, rolls", [
-    ({"signing": {"keys": {"2026-12": "fedcba9876543210fedcba9876543210"}}}, set(ROLLING)),
-    ({"clickhouse": {"url": "clickhouse://streams:new-password@clickhouse:9000/streams"}}, {"processor"}),
-    ({"kafka": {"sasl": {"password": "rotated"}}}, set(ROLLING)),
+    ({"signing": {"keys": {"2026-12": "fedcba9876543210fedcba9876543210"}}}, SIGNING),
+    ({"clickhouse": {"url": "clickhouse://streams:new-password@clickhouse:9000/streams"}},
+     {"processor", "api", "ceilometer-bridge"}),
+    ({"kafka": {"sasl": {"password": "rotated"}}}, SIGNING),
+    ({"api": {"tokens": [{"token": "a-rotated-api-token-89", "user_id": "u", "project_id": "p"}]}}, {"api"}),
+    ({"ceilometerBridge": {"telemetrySecret": "a-rotated-telemetry-secret"}}, {"ceilometer-bridge"}),
+    # keystone reads another credential: the API's secret checksum follows api.auth.
+    ({"config": {"api": {"auth": "keystone"}}, "api": {"keystone": {"auth_url": "https://ks:5000/v3"}}}, {"api"}),
 ])
 def test_a_secret_edit_rolls_the_workloads_that_read_it(chart, change, rolls):
     sasl = {"kafka": {"sasl": {"mechanism": "PLAIN", "username": "u", "password": "p"}}}
-    base = merged(KEYS, ZK, sasl)
+    base = merged(KEYS, ZK, sasl, OPENSTACK)
     before, after = checksums(chart, base), checksums(chart, merged(base, change))
     assert {c for c in ROLLING if before[c][1] != after[c][1]} == rolls
 
@@ -362,6 +378,8 @@ def exported_metrics() -> set[str]:
     from prometheus_client import REGISTRY
 
     import streams.alarms.stage  # noqa: F401  (modules that define metrics)
+    import streams.api.app  # noqa: F401
+    import streams.bridge.service  # noqa: F401
     import streams.coordination.registry  # noqa: F401
     import streams.notifiers.service  # noqa: F401
     import streams.observability  # noqa: F401
@@ -374,14 +392,18 @@ def exported_metrics() -> set[str]:
 
 
 def test_prometheus_rule_alerts_on_metrics_that_exist(chart):
-    docs = render(chart, merged(KEYS, ZK, {"metrics": {"prometheusRule": {"enabled": True,
-                                                                          "labels": {"release": "kps"}}}}))
+    docs = render(chart, merged(KEYS, ZK, OPENSTACK, {"metrics": {"prometheusRule": {"enabled": True,
+                                                                                     "labels": {"release": "kps"}}}}))
     (rule,) = by_kind(docs, "PrometheusRule").values()
     assert rule["metadata"]["labels"]["release"] == "kps"
     rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(rules) == {"StreamsConsumerLagGrowing", "StreamsDeadLetters", "StreamsSinkFailing",
                           "StreamsAlarmEvaluatorStopped", "StreamsPollerNotReporting", "StreamsComputePollerMissing",
-                          "StreamsCentralPollerMissing", "StreamsNotifierDeadLetters"}
+                          "StreamsCentralPollerMissing", "StreamsNotifierDeadLetters",
+                          "StreamsCeilometerBridgeDeadLetters", "StreamsApiErrors"}
+    assert "streams-ceilometer-bridge" in rules["StreamsConsumerLagGrowing"]["expr"]  # its group's lag too
+    assert 'status=~"5.."' in rules["StreamsApiErrors"]["expr"] and "> 0.05" in rules["StreamsApiErrors"]["expr"]
+    assert "streams_bridge_dead_letters_total" in rules["StreamsCeilometerBridgeDeadLetters"]["expr"]
     exported = exported_metrics()
     for name, r in rules.items():
         for metric in re.findall(r"\bstreams_[a-z_]+", r["expr"]):
@@ -393,7 +415,8 @@ def test_prometheus_rule_alerts_on_metrics_that_exist(chart):
     # Without ZooKeeper there is no registry to count against.
     docs = render(chart, merged(KEYS, {"metrics": {"prometheusRule": {"enabled": True}}}))
     (rule,) = by_kind(docs, "PrometheusRule").values()
-    assert "StreamsComputePollerMissing" not in {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert not {"StreamsComputePollerMissing", "StreamsApiErrors", "StreamsCeilometerBridgeDeadLetters"} & alerts
 
 
 def test_alarm_definitions_gauge_follows_the_watcher(monkeypatch):

@@ -85,6 +85,13 @@ Workloads read ports back from this document, so probes and settings cannot disa
 */}}
 {{- define "streams.settings" -}}
 {{- $v := .Values }}
+{{- range $section, $keys := dict "api" (dict "tokens" "api.tokens" "keystone" "api.keystone") "ceilometer" (dict "telemetry_secret" "ceilometerBridge.telemetrySecret") }}
+{{- range $key, $value := $keys }}
+{{- if hasKey (index $v.config $section | default dict) $key }}
+{{- fail (printf "config.%s.%s is a credential, and config becomes a ConfigMap: set %s instead (stored in the chart's Secret), or put the key in secrets.existingSecret" $section $key $value) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $kafka := dict "bootstrap_servers" $v.kafka.bootstrapServers "partitions" $v.kafka.partitions
       "replication_factor" $v.kafka.replicationFactor "security_protocol" (include "streams.kafkaProtocol" .) }}
 {{- with $v.kafka.sasl.mechanism }}
@@ -102,7 +109,10 @@ Workloads read ports back from this document, so probes and settings cannot disa
 {{- $settings := mergeOverwrite $base (deepCopy $v.config) }}
 {{- $processor := dict "data_dir" "/var/lib/streams/faust" }}
 {{- if $v.pipeline }}{{ $_ := set $processor "pipeline" "/etc/streams/pipeline.yaml" }}{{ end }}
-{{- $pinned := dict "metrics_host" "0.0.0.0" "processor" $processor "kafka" (dict) }}
+{{- $pinned := dict "metrics_host" "0.0.0.0" "processor" $processor "kafka" (dict) "api" (dict "host" "0.0.0.0") }}
+{{- if and $v.ceilometerBridge.enabled $v.ceilometerBridge.meters }}
+{{- $_ := set $pinned "ceilometer" (dict "meters" "/etc/streams/ceilometer-meters.yaml") }}
+{{- end }}
 {{- if and $v.kafka.tls.enabled $v.kafka.tls.caSecret }}
 {{- $_ := set $pinned.kafka "ssl_ca_location" (printf "/etc/kafka-tls/ca/%s" $v.kafka.tls.caKey) }}
 {{- end }}
@@ -124,6 +134,9 @@ Workloads read ports back from this document, so probes and settings cannot disa
 {{- end }}
 {{- if .Values.centralPoller.enabled }}
 {{- $_ := set $files "polling-central.yaml" (tpl (toYaml .Values.centralPoller.polling) .) }}
+{{- end }}
+{{- if and .Values.ceilometerBridge.enabled .Values.ceilometerBridge.meters }}
+{{- $_ := set $files "ceilometer-meters.yaml" (toYaml .Values.ceilometerBridge.meters) }}
 {{- end }}
 {{- toYaml $files }}
 {{- end }}
@@ -172,15 +185,34 @@ notifier:
   sections: [kafka, notifier, signing]
   files: [streams.yaml]
   secretKeys: [signing-keys]
+api:
+  values: api
+  container: api
+  args: [api]
+  portSection: api
+  sections: [api, clickhouse, coordination]
+  files: [streams.yaml]
+  # plus the credential of its api.auth ("streams.componentSecretKeys")
+  secretKeys: [clickhouse-url]
+  registry: streams-api
+ceilometer-bridge:
+  values: ceilometerBridge
+  container: bridge
+  args: [bridge, ceilometer]
+  portSection: ceilometer
+  # processor: the bridge keeps its records within the processor's limits and clock skew
+  sections: [kafka, clickhouse, signing, processor, ceilometer]
+  files: [streams.yaml, ceilometer-meters.yaml]
+  secretKeys: [signing-keys, clickhouse-url, ceilometer-telemetry-secret]
 migrations:
   values: migrations
-  sections: [kafka, clickhouse, coordination, processor]
+  sections: [kafka, clickhouse, coordination, processor, ceilometer]
   files: [streams.yaml]
   secretKeys: [clickhouse-url, clickhouse-readonly-password]
 {{- end }}
 
 {{- define "streams.knownSections" -}}
-[kafka, clickhouse, signing, poller, processor, coordination, alarms, notifier]
+[kafka, clickhouse, signing, poller, processor, coordination, alarms, notifier, api, ceilometer]
 {{- end }}
 
 {{/* The environment variable each Secret key becomes (they rank above streams.yaml). */}}
@@ -190,15 +222,35 @@ clickhouse-url: STREAMS_CLICKHOUSE__URL
 clickhouse-readonly-password: STREAMS_CLICKHOUSE__READONLY_PASSWORD
 kafka-sasl-password: STREAMS_KAFKA__SASL_PASSWORD
 zookeeper-password: STREAMS_COORDINATION__PASSWORD
+api-tokens: STREAMS_API__TOKENS
+api-keystone: STREAMS_API__KEYSTONE
+ceilometer-telemetry-secret: STREAMS_CEILOMETER__TELEMETRY_SECRET
 {{- end }}
 
-{{/* Secret keys a component reads: its own, the SASL password when SASL is on, and the ZooKeeper
+{{/* api.auth as the API will read it: config.api.auth, default token (streams/config.py). */}}
+{{- define "streams.apiAuth" -}}
+{{- ((.Values.config).api).auth | default "token" }}
+{{- end }}
+
+{{/* Secret keys a pod may start without: clickhouse-readonly-password (no read-only user), and the
+telemetry secret when config.ceilometer.allow_empty_secret accepts unsigned Ceilometer data. */}}
+{{- define "streams.optionalSecretKeys" -}}
+{{- $keys := list "clickhouse-readonly-password" }}
+{{- if ((.Values.config).ceilometer).allow_empty_secret }}{{ $keys = append $keys "ceilometer-telemetry-secret" }}{{ end }}
+{{- toJson $keys }}
+{{- end }}
+
+{{/* Secret keys a component reads: its own (the API's also by api.auth), the SASL password when SASL
+is on and it uses Kafka (the API does not), and the ZooKeeper
 digest password when zookeeper.username is set (streams.yaml then names the user, and the settings
 refuse a user without its password, whichever sections the component uses). */}}
 {{- define "streams.componentSecretKeys" -}}
 {{- $spec := index (include "streams.components" .ctx | fromYaml) .component }}
 {{- $keys := $spec.secretKeys | default list }}
-{{- if .ctx.Values.kafka.sasl.mechanism }}{{ $keys = append $keys "kafka-sasl-password" }}{{ end }}
+{{- if eq .component "api" }}
+{{- with get (dict "token" "api-tokens" "keystone" "api-keystone") (include "streams.apiAuth" .ctx) }}{{ $keys = append $keys . }}{{ end }}
+{{- end }}
+{{- if and .ctx.Values.kafka.sasl.mechanism (has "kafka" $spec.sections) }}{{ $keys = append $keys "kafka-sasl-password" }}{{ end }}
 {{- if .ctx.Values.zookeeper.username }}{{ $keys = append $keys "zookeeper-password" }}{{ end }}
 {{- toJson $keys }}
 {{- end }}
@@ -241,6 +293,13 @@ needs it (the Secret, the compute namespace's copy, the checksums) sees the same
 {{- end }}
 {{- if .Values.zookeeper.username }}
 {{- $_ := set $data "zookeeper-password" .Values.zookeeper.password }}
+{{- end }}
+{{- if .Values.api.enabled }}
+{{- with .Values.api.tokens }}{{ $_ := set $data "api-tokens" (toJson .) }}{{ end }}
+{{- with .Values.api.keystone }}{{ $_ := set $data "api-keystone" (toJson .) }}{{ end }}
+{{- end }}
+{{- if .Values.ceilometerBridge.enabled }}
+{{- $_ := set $data "ceilometer-telemetry-secret" .Values.ceilometerBridge.telemetrySecret }}
 {{- end }}
 {{- $_ := set .Values "__streamsSecretData" $data }}
 {{- end }}
@@ -287,13 +346,14 @@ streams.yaml; then `extra` (the workload's own variables), extraEnv and <compone
 {{- define "streams.env" -}}
 {{- $v := .ctx.Values }}
 {{- $secret := .secret | default (include "streams.secretName" .ctx) }}
-{{- $names := include "streams.secretEnv" .ctx | fromYaml -}}
+{{- $names := include "streams.secretEnv" .ctx | fromYaml }}
+{{- $optional := include "streams.optionalSecretKeys" .ctx | fromJsonArray -}}
 - name: STREAMS_CONFIG
   value: /etc/streams/streams.yaml
 {{- range include "streams.componentSecretKeys" . | fromJsonArray }}
 - name: {{ index $names . }}
   valueFrom:
-    secretKeyRef: {name: {{ $secret }}, key: {{ . }}{{ if eq . "clickhouse-readonly-password" }}, optional: true{{ end }}}
+    secretKeyRef: {name: {{ $secret }}, key: {{ . }}{{ if has . $optional }}, optional: true{{ end }}}
 {{- end }}
 {{- with $v.kafka.sasl.mechanism }}
 # KEDA's TriggerAuthentication reads the SASL user name from here.
@@ -437,6 +497,7 @@ imagePullSecrets:
 {{/*
 The pod template of a long-running component; call with a dict:
   ctx, component (a key of "streams.components"), values (its values), port (metrics port),
+  ports (more container ports, before `metrics`),
   env / volumes / volumeMounts (extra lists), podFields (extra pod spec fields),
   configMap (default: the release's), secret (default: streams.secretName), nodeSelector (defaults).
 */}}
@@ -468,6 +529,9 @@ spec:
       {{- . | nindent 6 }}
       {{- end }}
       ports:
+        {{- with .ports }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
         - name: metrics
           containerPort: {{ .port }}
           protocol: TCP
@@ -504,8 +568,9 @@ spec:
 
 {{/*
 A long-running service: Deployment, metrics Service and PodDisruptionBudget; call with the dict
-of "streams.podTemplate" plus, optionally, replicas (omitted: left to an autoscaler), strategy
-and terminationGracePeriodSeconds (read from values).
+of "streams.podTemplate" plus, optionally, replicas (omitted: left to an autoscaler), strategy,
+terminationGracePeriodSeconds (read from values) and servicePorts (more Service ports, before
+`metrics`: the API's).
 */}}
 {{- define "streams.deployment" -}}
 {{- $ctx := .ctx }}
@@ -537,7 +602,7 @@ spec:
 {{- end }}
 {{- end }}
 
-{{/* A metrics Service; call with (dict "ctx" $ "component" name "port" n ["namespace" ns]). */}}
+{{/* A metrics Service; call with (dict "ctx" $ "component" name "port" n ["namespace" ns] ["servicePorts" list]). */}}
 {{- define "streams.metricsService" -}}
 apiVersion: v1
 kind: Service
@@ -553,6 +618,9 @@ spec:
   selector:
     {{- include "streams.selectorLabels" . | nindent 4 }}
   ports:
+    {{- with .servicePorts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
     - name: metrics
       port: {{ .port }}
       targetPort: metrics
