@@ -34,7 +34,7 @@ ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
 LABEL org.opencontainers.image.title="streams" \
-      org.opencontainers.image.description="Metering and alarming on Kafka, Faust and ClickHouse: pollers, processor, notifier" \
+      org.opencontainers.image.description="Metering and alarming on Kafka, Faust and ClickHouse: pollers, processor, notifier, Aodh API, Ceilometer bridge" \
       org.opencontainers.image.source="https://github.com/streams-metering/streams" \
       org.opencontainers.image.url="https://github.com/streams-metering/streams" \
       org.opencontainers.image.licenses="Apache-2.0" \
@@ -58,12 +58,13 @@ COPY --from=builder /opt/streams /opt/streams
 # Relative paths such as the default processor.data_dir (.dev/faust) land in the user's home.
 WORKDIR /var/lib/streams
 USER 10001:10001
-# Ports of poller.metrics_port, processor.metrics_port and notifier.metrics_port.
-EXPOSE 9464 9465 9466
+# Ports of poller.metrics_port, processor.metrics_port, notifier.metrics_port, api.metrics_port,
+# ceilometer.metrics_port, and api.port (the Aodh API).
+EXPOSE 9464 9465 9466 9467 9468 8042
 # Docker's own health check (Kubernetes uses the chart's probes instead): healthy when the
 # /healthz of whichever service runs here answers 200; no curl needed.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request as u\nfor p in (9464, 9465, 9466):\n    try:\n        u.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=2); sys.exit(0)\n    except OSError:\n        pass\nsys.exit(1)"]
+    CMD ["python", "-c", "import sys, urllib.request as u\nfor p in (9464, 9465, 9466, 9467, 9468):\n    try:\n        u.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=2); sys.exit(0)\n    except OSError:\n        pass\nsys.exit(1)"]
 # tini is PID 1: it forwards SIGTERM to streams (a clean stop flushes what the service holds) and
 # reaps zombies; -s makes it a subreaper where it is not PID 1 (the compute agent's hostPID).
 ENTRYPOINT ["/usr/bin/tini", "-s", "--", "streams"]
