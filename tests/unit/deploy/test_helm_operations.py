@@ -467,7 +467,8 @@ def test_extra_volumes_env_from_labels_and_probes_reach_every_workload(chart):
              "podLabels": {"team": "metering"},
              "processor": {"probes": {"readiness": {"periodSeconds": 3}}, "podLabels": {"tier": "stream"},
                            "extraEnvFrom": [{"configMapRef": {"name": "processor-extra"}}]}}
-    docs = render(chart, merged(KEYS, extra))
+    docs = render(chart, merged(KEYS, ZK, OPENSTACK, extra))
+    assert {f"{FULL}-api", f"{FULL}-ceilometer-bridge"} <= set(by_kind(docs, "Deployment"))
     for doc in [d for d in docs if d["kind"] in WORKLOADS]:
         spec, labels = pod_spec(doc), (doc["metadata"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"])
         assert {"name": "ca", "configMap": {"name": "corp-ca"}} in spec["volumes"], doc["metadata"]["name"]
