@@ -356,8 +356,8 @@ class BatchProcessor:
     def timer_clocks(self, highwaters: dict[int, int | None], now_us: int,
                      positions: dict[int, int | None] | None = None) -> dict[int, int]:
         """The clock to close alarm windows with, per owned partition (``highwaters``: partition -> the
-        offset the next record will get; ``positions``: the consumer's next offset to read, for partitions
-        with nothing prepared since the last rebalance).
+        offset the next record will get; ``positions``: the committed offset, where the worker started
+        reading, for partitions with nothing prepared since the last rebalance).
 
         A partition whose every record is prepared is idle: wall-clock ``now_us``, so a resource that
         stopped reporting reaches insufficient data. A partition with records still to read (a
@@ -373,7 +373,7 @@ class BatchProcessor:
                 continue
             done = self.prepared_offsets.get(partition)
             if done is None and positions.get(partition) is not None:
-                done = positions[partition] - 1  # nothing prepared yet: where the consumer stands
+                done = positions[partition] - 1  # nothing prepared yet: caught up if nothing came since
             if done is not None and done >= highwater - 1:
                 clocks[partition] = now_us
             elif partition in self.event_clocks:
