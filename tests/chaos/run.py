@@ -612,7 +612,10 @@ class Chaos:
         print(table(self.rows))
         print()
         for r in self.rows:
-            print(f"{r.fault}: time to recover = {r.recovery_what or '-'}")
+            seconds = r.end - r.start
+            print(f"{r.fault}: {seconds:.0f} s, {r.produced / seconds:,.0f} samples/s acknowledged, peak RSS "
+                  + ", ".join(f"{k} {v:.0f} MiB" for k, v in r.peak_rss_mib.items()))
+            print(f"    time to recover = {r.recovery_what or '-'}")
             for note in r.notes:
                 print(f"    note: {note}")
             for key in ("webhook_latency_max_s", "first_delivery_after_s", "dead_hook_attempts", "same_pids",
