@@ -584,7 +584,11 @@ class Chaos:
         [(derived, derived_ids)] = self.ch.execute(
             f"SELECT count(), uniqExact(message_id) FROM {DB}.samples WHERE name = %(n)s", {"n": h.DERIVED_METER})
         load_records = self.gen.load_records
+        flushes = self.ch.execute(f"SELECT flushed_at_us, rows, duplicates FROM {DB}.sink_flushes")
         for row in self.rows:
+            mine = [(n, d) for t, n, d in flushes if row.holds(t / 1e6)]
+            row.facts["sink_rows_inserted"] = sum(n for n, _ in mine)
+            row.facts["sink_skipped_as_stored"] = sum(d for _, d in mine)  # a replay the sink recognised
             row.exits = {p.name: [rc for t, rc, deliberate in p.exits if not deliberate and row.holds(t)]
                          for p in (self.processor, self.notifier)}
             row.peak_rss_mib = {p.name: round(self.rss.peak(p.name, row.start, row.end) / 2**20, 1)
@@ -620,7 +624,7 @@ class Chaos:
                 print(f"    note: {note}")
             for key in ("webhook_latency_max_s", "first_delivery_after_s", "dead_hook_attempts", "same_pids",
                         "cron_alarm", "invalid_documents_listed", "restart_to_ready_s", "in_flight_at_kill",
-                        "applied_after_landing_s", "settled_after_s", "stop_took_s"):
+                        "applied_after_landing_s", "settled_after_s", "stop_took_s", "sink_skipped_as_stored"):
                 if key in r.facts:
                     print(f"    {key}: {r.facts[key]}")
             if any(r.exits.values()):

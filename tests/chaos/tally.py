@@ -171,7 +171,8 @@ def count_alarms(rows: list[Row], expected: list[AlarmEvent], history: list[tupl
         history: ``alarm_history`` rows (event_id, alarm_id, resource_id, previous, state, timestamp_us),
             read without FINAL.
         topic_events: decoded records of the alarms topic.
-        deliveries: the receiver's deliveries (event_id, hook, ...).
+        deliveries: the receiver's deliveries (event_id, hook, arrival time t, ...); a row's
+            redeliveries are those arriving during it (the other columns go by event time).
         dead_letters: (event_id, hook) of the alarms dead-letter topic.
     """
     expected_by_id = {e.event_id: e for e in expected}
@@ -179,6 +180,13 @@ def count_alarms(rows: list[Row], expected: list[AlarmEvent], history: list[tupl
     history_time = {h[0]: h[5] for h in history}
     topic_count = Counter(e["event_id"] for e in topic_events)
     received = Counter((d["event_id"], d["hook"]) for d in deliveries)
+    again: list[float] = []  # arrival times of deliveries whose event id the hook had received before
+    first_seen: set[tuple[str, str]] = set()
+    for d in sorted(deliveries, key=lambda d: d["t"]):
+        key = (d["event_id"], d["hook"])
+        if key in first_seen:
+            again.append(d["t"])
+        first_seen.add(key)
     dead = set(dead_letters)
     for row in rows:
         def here(t_us: int, row: Row = row) -> bool:
@@ -199,7 +207,7 @@ def count_alarms(rows: list[Row], expected: list[AlarmEvent], history: list[tupl
         row.webhooks_delivered = len(delivered)
         row.webhooks_dead_lettered = len((pairs - delivered) & dead)
         row.webhooks_lost = len(pairs) - row.webhooks_delivered - row.webhooks_dead_lettered
-        row.webhooks_redelivered = sum(received[p] - 1 for p in delivered)
+        row.webhooks_redelivered = sum(1 for t in again if row.holds(t))  # by arrival, unlike the rest
         row.webhooks_unexpected = sum(1 for (i, h), n in received.items()
                                       if (i, h) not in pairs and i in history_time and here(history_time[i]))
 
