@@ -133,10 +133,10 @@ class Chaos:
 
     def services(self) -> None:
         self.dev.mkdir(parents=True, exist_ok=True)
-        os.environ[devenv.DEV_DIR_ENV] = str(self.dev)
+        os.environ["STREAMS_DEV_DIR"] = str(self.dev)
         devenv.down(purge=True)  # leftovers of an interrupted run (pid files in our own dev dir only)
         for var in ("STREAMS_DEV_KAFKA_PORT", "STREAMS_DEV_ZOOKEEPER_PORT", "STREAMS_DEV_CLICKHOUSE_PORT",
-                    "STREAMS_DEV_CLICKHOUSE_HTTP_PORT"):
+                    "STREAMS_DEV_CLICKHOUSE_HTTP_PORT", "STREAMS_DEV_CLICKHOUSE_TLS_PORT"):
             os.environ[var] = str(h.free_port())
         os.environ.setdefault("STREAMS_DEV_ZOOKEEPER_HEAP", "256m")
         addresses = devenv.up()

@@ -34,7 +34,7 @@ def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, servic
            "STREAMS_ALARMS__TIMER_INTERVAL": "0.25"}
     pipeline.env = env
     cli(env, "alarm", "create", "--id", "load-high", "--name", "load high", "--meter", "load", "--operator", "gt",
-        "--threshold", "50", "--statistic", "max", "--period", "1", "--evaluation-periods", "1",
+        "--threshold", "50", "--statistic", "max", "--period", "2", "--evaluation-periods", "1",
         "--resource-id", "vm-1", "--alarm-action", "log://")
     codec = pipeline.codec()
     producer = Producer({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
@@ -61,9 +61,9 @@ def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, servic
         wait_for(lambda: transitions() == [("insufficient data", "alarm")], 60, "the alarm firing")
         first.kill(signal.SIGKILL)
         time.sleep(8)  # a backlog of 40 records while no worker runs
-        # A wide batch window: the first batch of the backlog is prepared 3 s after it is fetched, and
+        # A wide batch window: the first batch of the backlog is prepared 5 s after it is fetched, and
         # the timer runs every 0.25 s meanwhile.
-        second = pipeline.spawn("process", STREAMS_PROCESSOR__BATCH_TIMEOUT="3")
+        second = pipeline.spawn("process", STREAMS_PROCESSOR__BATCH_TIMEOUT="5")
         second.wait_ready()
         restarted = time.time()
         wait_for(lambda: pipeline.rows("SELECT max(timestamp_us) FROM {db}.samples")[0][0] / 1e6 > restarted + 5,
