@@ -65,7 +65,7 @@ from streams.codec import MAGIC, BatchCodec  # noqa: E402
 from streams.config import load_settings  # noqa: E402
 from streams.signing import SIGNATURE_SIZE, Keyring  # noqa: E402
 from streams.storage.clickhouse import connect  # noqa: E402
-from streams.storage.schema import migrate  # noqa: E402
+from streams.storage.migrations import migrate  # noqa: E402
 from streams.topics import create_topics  # noqa: E402
 from tests.chaos import harness as h  # noqa: E402
 from tests.chaos.tally import Row, count_alarms, count_samples, dump, expected_events, hook_of, markdown, table  # noqa: E402
