@@ -13,12 +13,10 @@ import contextlib
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from array import array
 from collections import Counter
@@ -33,6 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from streams.codec import BatchCodec, Sample
 from streams.config import KafkaSettings
 from streams.publisher import KafkaPublisher
+from tests.integration.conftest import free_port, http_get
 
 DERIVED_METER = "bench.cpu_rate"
 """What the bench pipeline derives from ``cpu``; every other meter in the store is a produced sample."""
@@ -43,22 +42,6 @@ CYCLE_S = 40
 """The alarm resources' load pattern: high (80) for 20 s, low (20) for 20 s, offset 10 s per resource."""
 
 HIGH, LOW, BETWEEN = 80.0, 20.0, 70.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, ""
-    except OSError:
-        return 0, ""
 
 
 def project(phase: str) -> str:

@@ -61,14 +61,15 @@ from streams import devenv  # noqa: E402
 from streams.alarms.definitions import AlarmDefinitionStore  # noqa: E402
 from streams.alarms.model import parse_alarm  # noqa: E402
 from streams.alarms.records import AlarmRecordCodec, RecordCodec  # noqa: E402
-from streams.codec import MAGIC, BatchCodec  # noqa: E402
+from streams.codec import BatchCodec  # noqa: E402
 from streams.config import load_settings  # noqa: E402
-from streams.signing import SIGNATURE_SIZE, Keyring  # noqa: E402
+from streams.signing import Keyring  # noqa: E402
 from streams.storage.clickhouse import connect  # noqa: E402
 from streams.storage.migrations import migrate  # noqa: E402
 from streams.topics import create_topics  # noqa: E402
 from tests.chaos import harness as h  # noqa: E402
 from tests.chaos.tally import Row, count_alarms, count_samples, dump, expected_events, hook_of, markdown, table  # noqa: E402
+from tests.conftest import unsigned_record  # noqa: E402
 
 KEYS = {"chaos": "chaos-signing-secret-not-for-production"}
 DB = "chaos"
@@ -255,6 +256,15 @@ class Chaos:
             row.notes.append(f"the pipeline was still more than {SETTLED_LAG} s behind {SETTLE_MAX} s after the "
                              "fault's recovery")
 
+    def stop_service(self, row: Row, name: str) -> float:
+        """Stop one private service (SIGTERM, as ``streams dev down``); return when it was down."""
+        stopping = time.time()
+        devenv.down(services=[name])
+        down = time.time()
+        row.facts["stop_took_s"] = round(down - stopping, 1)
+        log(f"   {name} stopped ({down - stopping:.1f} s to shut down)")
+        return down
+
     def sleep_until(self, t: float) -> None:
         time.sleep(max(0.0, t - time.time()))
 
@@ -347,11 +357,7 @@ class Chaos:
     def clickhouse_stop(self) -> None:
         row = self.begin("clickhouse", "ClickHouse stopped for 20 s")
         self.hold(row, PRE)
-        stopping = time.time()
-        devenv.down(services=["clickhouse"])
-        down = time.time()
-        row.facts["stop_took_s"] = round(down - stopping, 1)
-        log(f"   ClickHouse stopped ({down - stopping:.1f} s to shut down)")
+        down = self.stop_service(row, "clickhouse")
         self.sleep_until(down + 20)
         devenv.up(["clickhouse"])
         up = time.time()
@@ -364,11 +370,7 @@ class Chaos:
     def zookeeper_stop(self) -> None:
         row = self.begin("zookeeper", "ZooKeeper stopped for 20 s")
         self.hold(row, PRE)
-        stopping = time.time()
-        devenv.down(services=["zookeeper"])
-        down = time.time()
-        row.facts["stop_took_s"] = round(down - stopping, 1)
-        log(f"   ZooKeeper stopped ({down - stopping:.1f} s to shut down)")
+        down = self.stop_service(row, "zookeeper")
         time.sleep(5)
         update = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "alarm", "update", "zk-load", "--threshold", "90"],
@@ -723,15 +725,6 @@ def poison_records(codec: BatchCodec, now: int) -> dict[bytes, bytes]:
         out["message_id"] = str(uuid.uuid4())
         return out
 
-    huge_key_id = "k" * 500_000
-    unsigned = bytearray(MAGIC + codec.store["streams.SampleBatch"].fingerprint)
-    n = len(huge_key_id) * 2  # Avro zig-zag length, then the key id, then junk and a fake signature
-    while True:
-        unsigned.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            break
-    unsigned += huge_key_id.encode() + b"\x02" + bytes(40) + bytes(SIGNATURE_SIZE)
     tampered = bytearray(codec.encode([s("poison-bad-signature")]))
     tampered[20] ^= 0x01
     return {
@@ -743,7 +736,7 @@ def poison_records(codec: BatchCodec, now: int) -> dict[bytes, bytes]:
         b"poison-too-many-metadata": codec.encode([s("poison-too-many-metadata",
                                                      md={f"k{i}": "v" * 900 for i in range(1000)})]),
         b"poison-huge": codec.encode([s("poison-huge", md={"x": "y" * 1_200_000})]),
-        b"poison-huge-key-id": bytes(unsigned),
+        b"poison-huge-key-id": unsigned_record(codec, "k" * 500_000),
         b"poison-bad-signature": bytes(tampered),
         b"poison-garbage": b"garbage",
     }
