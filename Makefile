@@ -61,6 +61,10 @@ soak: bootstrap ## 30 minutes at 10,000 samples/s: RSS, consumer lag and p99 eve
 	@$(STREAMS) dev up
 	@$(PY) bench/soak.py $(SOAK_ARGS)
 
+.PHONY: chaos
+chaos: bootstrap ## Fault suite (up to 15 min): private services, 5k samples/s, seven faults; prints the table, writes bench/chaos.json
+	@$(PY) tests/chaos/run.py
+
 lint: bootstrap ## Static checks (ruff)
 	@$(VENV)/bin/ruff check streams tests bench
 

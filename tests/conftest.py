@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from streams.codec import BatchCodec, Sample
-from streams.signing import Keyring
+from streams.codec import MAGIC, BatchCodec, Sample
+from streams.signing import SIGNATURE_SIZE, Keyring
 
 TEST_KEYS = {"k-old": b"old-secret-for-tests", "k-new": b"new-secret-for-tests"}
 
@@ -58,3 +58,16 @@ def make_test_sample(**overrides) -> Sample:
 @pytest.fixture
 def sample_factory():
     return make_test_sample
+
+
+def unsigned_record(codec: BatchCodec, key_id: str) -> bytes:
+    """A ``streams.SampleBatch`` record naming ``key_id``, which no key signed: the marker, the
+    fingerprint, the key id (Avro zig-zag length first), then junk and a fake signature."""
+    record = bytearray(MAGIC + codec.store["streams.SampleBatch"].fingerprint)
+    n = len(key_id) * 2
+    while True:
+        record.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            break
+    return bytes(record + key_id.encode() + b"\x02" + bytes(40) + bytes(SIGNATURE_SIZE))

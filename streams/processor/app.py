@@ -198,9 +198,13 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                 return
             tps = owned()
             highwaters = {tp.partition: app.consumer.highwater(tp) for tp in tps}
-            positions = {tp.partition: await app.consumer.position(tp) for tp in tps
-                         if tp.partition not in processor.prepared_offsets}
-            clocks = processor.timer_clocks(highwaters, time.time_ns() // 1000, positions)
+            # Nothing prepared on a partition since the rebalance: it is idle only if nothing lies beyond
+            # its committed offset. (Not the consumer's position: that counts the records already fetched
+            # and queued in the intake, so a restarted worker's whole backlog looked prepared, and the
+            # timer closed its windows by wall clock.)
+            committed = getattr(app.consumer, "_committed_offset", {})
+            starts = {tp.partition: committed.get(tp) for tp in tps if tp.partition not in processor.prepared_offsets}
+            clocks = processor.timer_clocks(highwaters, time.time_ns() // 1000, starts)
             batch = processor.alarm_timer_batch(clocks)
             if batch is not None:
                 submit(batch)

@@ -183,7 +183,7 @@ class BatchProcessor:
         self.past_replay: set[int] = set()
         self.started_s = time.time()
         self.prepared_offsets: dict[int, int] = {}  # partition -> highest offset prepared
-        self.event_clocks: dict[int, int] = {}  # partition -> newest sample time prepared, µs
+        self.event_clocks: dict[int, int] = {}  # partition -> newest sample time prepared (not ahead of now), µs
         self.tail: asyncio.Future | None = None
         """The future of the last batch submitted (done when it and every batch before it are stored)."""
         self._logged: dict[str, float] = {}
@@ -281,6 +281,7 @@ class BatchProcessor:
         alarms = self.alarm_stage
         alarm_meters = alarms.alarms.by_meter if alarms is not None else {}
         past_replay, clocks = self.past_replay, self.event_clocks
+        now_us = time.time_ns() // 1000
         for k, (start, end) in enumerate(spans):
             index = kept[k]
             msg = records[index]
@@ -313,7 +314,9 @@ class BatchProcessor:
                     watched.append(row)
             if end > start:
                 newest = max(stamps[start:end])
-                if newest > clocks.get(partition, 0):
+                # A sample stamped ahead of the wall clock (a poller's fast clock, within max_future_skew) must
+                # not move its partition's clock: the timer would close every other resource's windows up to it.
+                if clocks.get(partition, 0) < newest <= now_us:
                     clocks[partition] = newest
                 if watched:
                     try:
@@ -353,12 +356,13 @@ class BatchProcessor:
     def timer_clocks(self, highwaters: dict[int, int | None], now_us: int,
                      positions: dict[int, int | None] | None = None) -> dict[int, int]:
         """The clock to close alarm windows with, per owned partition (``highwaters``: partition -> the
-        offset the next record will get; ``positions``: the consumer's next offset to read, for partitions
-        with nothing prepared since the last rebalance).
+        offset the next record will get; ``positions``: the committed offset, where the worker started
+        reading, for partitions with nothing prepared since the last rebalance).
 
         A partition whose every record is prepared is idle: wall-clock ``now_us``, so a resource that
         stopped reporting reaches insufficient data. A partition with records still to read (a
-        backlog after a restart or an outage) keeps event time, the newest sample prepared on it:
+        backlog after a restart or an outage) keeps event time, the newest sample prepared on it (samples
+        stamped ahead of the wall clock excluded):
         closing its windows by wall clock would declare insufficient data for resources whose samples
         are only waiting to be read. A lagging partition with nothing prepared yet is left alone.
         """
@@ -369,7 +373,7 @@ class BatchProcessor:
                 continue
             done = self.prepared_offsets.get(partition)
             if done is None and positions.get(partition) is not None:
-                done = positions[partition] - 1  # nothing prepared yet: where the consumer stands
+                done = positions[partition] - 1  # nothing prepared yet: caught up if nothing came since
             if done is not None and done >= highwater - 1:
                 clocks[partition] = now_us
             elif partition in self.event_clocks:

@@ -19,11 +19,9 @@ from confluent_kafka import Producer
 from kazoo.client import KazooClient
 
 from streams.alarms.records import AlarmRecordCodec
-from streams.codec import MAGIC
-from streams.signing import SIGNATURE_SIZE
 from streams.storage.backend import EmbeddedConnection, close_chdb
 from streams.topics import create_topics
-from tests.conftest import make_test_sample
+from tests.conftest import make_test_sample, unsigned_record
 from tests.integration.conftest import free_port, http_get, wait_for
 from tests.integration.test_alarms import Webhook, cli
 
@@ -49,15 +47,6 @@ def test_bad_records_are_dead_lettered_and_the_worker_goes_on(pipeline):
     text, limits: one live processor, good records around each."""
     codec = pipeline.codec()
     now = time.time_ns() // 1000
-    huge_key_id = "k" * 500_000
-    unsigned = bytearray(MAGIC + codec.store["streams.SampleBatch"].fingerprint)
-    n = len(huge_key_id) * 2  # Avro zig-zag length, then the key id, then junk and a fake signature
-    while True:
-        unsigned.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            break
-    unsigned += huge_key_id.encode() + b"\x02" + bytes(40) + bytes(SIGNATURE_SIZE)
     big_md = {f"k{i}": "v" * 900 for i in range(1000)}  # ~0.9 MB of metadata in one sample
     poison = {
         b"mixed": codec.encode([make_test_sample(resource_id="mixed"), make_test_sample(resource_id="other")]),
@@ -67,7 +56,7 @@ def test_bad_records_are_dead_lettered_and_the_worker_goes_on(pipeline):
         b"too-many-samples": codec.encode([make_test_sample(resource_id="too-many-samples")] * 1001),
         b"too-many-metadata": codec.encode([make_test_sample(resource_id="too-many-metadata", resource_metadata=big_md)]),
         b"huge": codec.encode([make_test_sample(resource_id="huge", resource_metadata={"x": "y" * 1_200_000})]),
-        b"huge-key-id": bytes(unsigned),
+        b"huge-key-id": unsigned_record(codec, "k" * 500_000),
     }
     expected_reasons = {b"mixed": "mixed_resources", b"not-the-key": "key_mismatch", b"inf": "non_finite_volume",
                         b"old": "too_old", b"too-many-samples": "too_many_samples",

@@ -252,3 +252,16 @@ def test_the_alarm_timer_keeps_event_time_on_partitions_with_a_backlog(codec):
     # consumer stands at the end -> wall clock; 3: not fetched yet -> left alone.
     assert clocks == {0: ts, 1: now, 2: now}
     assert bp.timer_clocks({2: 50}, now, positions={2: 20}) == {}  # a backlog, nothing prepared: wait
+
+
+def test_a_sample_stamped_ahead_does_not_move_its_partitions_alarm_clock(codec):
+    """A poller whose clock runs fast (within max_future_skew) stamps its samples ahead. On a partition
+    with a backlog the timer keeps the partition's event time: were it the fast sample's time, every
+    other resource's alarm windows on the partition would be closed early, and their samples then
+    ignored as late until the wall clock caught up (found by the fault suite, tests/chaos/run.py)."""
+    bp, _ = processor(codec)
+    ts = time.time_ns() // 1000 - 600_000_000  # a backlog ten minutes old
+    ahead = time.time_ns() // 1000 + 1_800_000_000  # half an hour ahead
+    bp.prepare([Msg(b"a", codec.encode([make_test_sample(resource_id="a", timestamp=ts)]), offset=5),
+                Msg(b"fast", codec.encode([make_test_sample(resource_id="fast", timestamp=ahead)]), offset=6)])
+    assert bp.timer_clocks({0: 100}, time.time_ns() // 1000) == {0: ts}

@@ -122,3 +122,30 @@ def test_store_errors_are_raised_not_blamed_on_records(chdb_conn):
     assert classify(StorageError("Code: 53. DB::Exception: Type mismatch")) == "data"
     assert classify(ConnectionRefusedError()) == "transient"
     assert classify(Code("a bug")) == "store"
+
+
+def test_a_server_going_away_during_the_duplicate_lookup_is_retried(chdb_conn):
+    """The lookup of already-stored samples follows the insert's policy: a connection error there (the
+    server stopping between attempts) is retried like one from the INSERT, not raised at once."""
+    from clickhouse_driver.errors import NetworkError
+
+    class GoesAway:
+        def __init__(self, conn, failures: int) -> None:
+            self.conn, self.failures, self.database = conn, failures, conn.database
+
+        def existing_keys(self, table, keys):
+            if self.failures:
+                self.failures -= 1
+                raise NetworkError("Code: 210. Connection refused (127.0.0.1:9000)")
+            return self.conn.existing_keys(table, keys)
+
+        def __getattr__(self, name):
+            return getattr(self.conn, name)
+
+    flaky = GoesAway(chdb_conn, failures=2)
+    sink = ClickHouseSink(chdb_conn.settings, retry_for=30, connection=flaky)
+    sink.add(_samples(10), maybe_stored=True)
+    assert sink.flush() == 10
+    assert flaky.failures == 0
+    [(n,)] = chdb_conn.execute("SELECT count() FROM t.samples")
+    assert n == 10

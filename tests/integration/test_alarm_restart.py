@@ -1,0 +1,75 @@
+"""A restarted processor evaluates its backlog's alarm windows in event time (found by ``make chaos``).
+
+After a restart, the records produced while the worker was down are fetched into Faust's buffers at
+once, before the first batch of them is prepared. The alarm timer must not take those fetched
+records for prepared ones: it would close the windows of the backlog by wall clock, declare
+insufficient data for a resource that never stopped reporting, and ignore its samples as late.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+
+from confluent_kafka import Producer
+
+from streams.topics import create_topics
+from tests.conftest import make_test_sample
+from tests.integration.conftest import wait_for
+from tests.integration.test_alarms import cli
+
+
+def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, services):
+    name = pipeline.name
+    alarms_topic = f"{name}.alarms"
+    create_topics(pipeline.settings.kafka, [alarms_topic, f"{name}.alarms.dlq"])
+    env = {**pipeline.env,
+           "STREAMS_COORDINATION__HOSTS": services["zookeeper"],
+           "STREAMS_COORDINATION__ROOT": f"/t{uuid.uuid4().hex}",
+           "STREAMS_KAFKA__ALARMS_TOPIC": alarms_topic,
+           "STREAMS_KAFKA__ALARMS_DLQ_TOPIC": f"{name}.alarms.dlq",
+           "STREAMS_ALARMS__GRACE": "0.5",
+           "STREAMS_ALARMS__TIMER_INTERVAL": "0.25"}
+    pipeline.env = env
+    cli(env, "alarm", "create", "--id", "load-high", "--name", "load high", "--meter", "load", "--operator", "gt",
+        "--threshold", "50", "--statistic", "max", "--period", "2", "--evaluation-periods", "1",
+        "--resource-id", "vm-1", "--alarm-action", "log://")
+    codec = pipeline.codec()
+    producer = Producer({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
+    stop = threading.Event()
+
+    def report() -> None:  # vm-1 reports load 80 every 0.2 s, whatever happens to the processor
+        while not stop.is_set():
+            s = make_test_sample(name="load", type="gauge", unit="%", volume=80.0, resource_id="vm-1",
+                                 timestamp=time.time_ns() // 1000)
+            producer.produce(pipeline.settings.kafka.samples_topic, key=b"vm-1", value=codec.encode([s]))
+            producer.poll(0)
+            time.sleep(0.2)
+        producer.flush(10)
+
+    def transitions() -> list[tuple[str, str]]:
+        return pipeline.rows("SELECT previous_state, state FROM {db}.alarm_history FINAL "
+                             "WHERE alarm_id = 'load-high' ORDER BY timestamp_us")
+
+    t = threading.Thread(target=report, daemon=True)
+    t.start()
+    try:
+        first = pipeline.spawn("process")
+        first.wait_ready()
+        wait_for(lambda: transitions() == [("insufficient data", "alarm")], 60, "the alarm firing")
+        first.kill(signal.SIGKILL)
+        time.sleep(8)  # a backlog of 40 records while no worker runs
+        # A wide batch window: the first batch of the backlog is prepared 5 s after it is fetched, and
+        # the timer runs every 0.25 s meanwhile.
+        second = pipeline.spawn("process", STREAMS_PROCESSOR__BATCH_TIMEOUT="5")
+        second.wait_ready()
+        restarted = time.time()
+        wait_for(lambda: pipeline.rows("SELECT max(timestamp_us) FROM {db}.samples")[0][0] / 1e6 > restarted + 5,
+                 60, "the backlog and five more seconds stored")
+    finally:
+        stop.set()
+        t.join(15)
+    assert transitions() == [("insufficient data", "alarm")], "the backlog's windows were closed by wall clock"
+    assert second.proc.poll() is None
