@@ -15,6 +15,13 @@
  *   position after the array. Raises ValueError on malformed input; on error the columns may
  *   hold part of the record: the caller truncates them to their previous length.
  *
+ * Memory: a record's samples share their resource, project, user, source and (usually) metadata, and
+ * meter names and units repeat across records. A string equal to the previous row's value in its
+ * column is that same object again, a map whose bytes equal the previous sample's map (same record)
+ * is the same two lists again, and names and units come from a small cache of recent short strings.
+ * Nothing in the processor changes a column's values in place, so the sharing is invisible (equal
+ * values, fewer objects: about a third of the decoded batch's memory).
+ *
  * Nothing here is a general Avro decoder: a record written with another schema version has
  * another fingerprint and is decoded by fastavro (streams.codec).
  */
@@ -63,6 +70,74 @@ static PyObject *read_string(Reader *r) {
     return s;
 }
 
+/* The string at r, as the previous row's object of `list` when its bytes are equal (compact ASCII). */
+static PyObject *read_string_like_last(Reader *r, PyObject *list) {
+    const unsigned char *start = r->p;
+    long long n;
+    if (read_long(r, &n) < 0) return NULL;
+    if (n < 0 || n > r->end - r->p) {
+        fail("string length out of range");
+        return NULL;
+    }
+    Py_ssize_t size = PyList_GET_SIZE(list);
+    if (size > 0) {
+        PyObject *last = PyList_GET_ITEM(list, size - 1);
+        if (PyUnicode_CheckExact(last) && PyUnicode_IS_COMPACT_ASCII(last) && PyUnicode_GET_LENGTH(last) == n &&
+            memcmp(PyUnicode_DATA(last), r->p, (size_t)n) == 0) {
+            r->p += n;
+            Py_INCREF(last);
+            return last;
+        }
+    }
+    r->p = start;
+    return read_string(r);
+}
+
+/* Recent short strings (meter names, units): a fixed ring of strong references, compact ASCII only. */
+#define CACHE_SIZE 64
+#define CACHE_MAX_LEN 64
+static PyObject *CACHE[CACHE_SIZE];
+static int cache_next = 0;
+
+static PyObject *read_string_cached(Reader *r) {
+    const unsigned char *start = r->p;
+    long long n;
+    if (read_long(r, &n) < 0) return NULL;
+    if (n < 0 || n > r->end - r->p) {
+        fail("string length out of range");
+        return NULL;
+    }
+    if (n > CACHE_MAX_LEN) {
+        r->p = start;
+        return read_string(r);
+    }
+    for (int i = 0; i < CACHE_SIZE && CACHE[i] != NULL; i++) {
+        PyObject *s = CACHE[i];
+        if (PyUnicode_GET_LENGTH(s) == n && memcmp(PyUnicode_DATA(s), r->p, (size_t)n) == 0) {
+            r->p += n;
+            Py_INCREF(s);
+            return s;
+        }
+    }
+    r->p = start;
+    PyObject *s = read_string(r);
+    if (s != NULL && PyUnicode_IS_COMPACT_ASCII(s)) {
+        Py_XDECREF(CACHE[cache_next]);
+        Py_INCREF(s);
+        CACHE[cache_next] = s;
+        cache_next = (cache_next + 1) % CACHE_SIZE;
+    }
+    return s;
+}
+
+static int skip_string(Reader *r) {
+    long long n;
+    if (read_long(r, &n) < 0) return -1;
+    if (n < 0 || n > r->end - r->p) return fail("string length out of range");
+    r->p += n;
+    return 0;
+}
+
 static int read_double(Reader *r, double *out) {
     if (r->end - r->p < 8) return fail("truncated double");
     /* Avro doubles are little-endian IEEE 754: assemble the bits whatever the host's byte order */
@@ -86,7 +161,7 @@ static int put_optional_string(Reader *r, PyObject *list) {
     if (read_long(r, &branch) < 0) return -1;
     if (branch == 0) return PyList_Append(list, Py_None);
     if (branch != 1) return fail("bad union branch");
-    return put(list, read_string(r));
+    return put(list, read_string_like_last(r, list));
 }
 
 static int read_block_count(Reader *r, long long *count) {
@@ -99,7 +174,38 @@ static int read_block_count(Reader *r, long long *count) {
     return 0;
 }
 
-static int read_metadata(Reader *r, PyObject *keys_col, PyObject *values_col) {
+/* The end of the map at r, without decoding it (NULL with ValueError set if malformed). */
+static const unsigned char *map_end(Reader r) {
+    for (;;) {
+        long long count;
+        if (read_block_count(&r, &count) < 0) return NULL;
+        if (count == 0) return r.p;
+        if (count > r.end - r.p) { fail("map block count out of range"); return NULL; }
+        for (long long i = 0; i < 2 * count; i++)
+            if (skip_string(&r) < 0) return NULL;
+    }
+}
+
+typedef struct {
+    const unsigned char *p;  /* the previous sample's map bytes in this record (NULL: none) */
+    Py_ssize_t len;
+} MapSpan;
+
+static int read_metadata(Reader *r, PyObject *keys_col, PyObject *values_col, MapSpan *prev) {
+    const unsigned char *end = map_end(*r);
+    if (end == NULL) return -1;
+    Py_ssize_t len = end - r->p;
+    Py_ssize_t rows = PyList_GET_SIZE(keys_col);
+    if (prev->p != NULL && prev->len == len && rows > 0 && PyList_GET_SIZE(values_col) == rows &&
+        memcmp(prev->p, r->p, (size_t)len) == 0) {
+        /* the same map as the previous sample of this record: the same two lists */
+        if (PyList_Append(keys_col, PyList_GET_ITEM(keys_col, rows - 1)) < 0) return -1;
+        if (PyList_Append(values_col, PyList_GET_ITEM(values_col, rows - 1)) < 0) return -1;
+        r->p = end;
+        return 0;
+    }
+    prev->p = r->p;
+    prev->len = len;
     PyObject *keys = PyList_New(0), *values = PyList_New(0);
     if (keys == NULL || values == NULL) goto error;
     for (;;) {
@@ -108,7 +214,7 @@ static int read_metadata(Reader *r, PyObject *keys_col, PyObject *values_col) {
         if (count == 0) break;
         if (count > r->end - r->p) { fail("map block count out of range"); goto error; }
         for (long long i = 0; i < count; i++) {
-            if (put(keys, read_string(r)) < 0) goto error;
+            if (put(keys, read_string_cached(r)) < 0) goto error;
             if (put(values, read_string(r)) < 0) goto error;
         }
     }
@@ -122,20 +228,20 @@ error:
     return -1;
 }
 
-static int read_sample(Reader *r, PyObject **cols) {
+static int read_sample(Reader *r, PyObject **cols, MapSpan *prev_map) {
     long long v;
     double d;
     if (put(cols[0], read_string(r)) < 0) return -1;                 /* message_id */
-    if (put(cols[1], read_string(r)) < 0) return -1;                 /* name */
+    if (put(cols[1], read_string_cached(r)) < 0) return -1;          /* name */
     if (read_long(r, &v) < 0) return -1;                             /* type (enum) */
     if (v < 0 || v > 2) return fail("bad SampleType symbol");
     if (PyList_Append(cols[2], ENUM_SYMBOLS[v]) < 0) return -1;
-    if (put(cols[3], read_string(r)) < 0) return -1;                 /* unit */
+    if (put(cols[3], read_string_cached(r)) < 0) return -1;          /* unit */
     if (read_double(r, &d) < 0) return -1;                           /* volume */
     if (put(cols[4], PyFloat_FromDouble(d)) < 0) return -1;
     for (int c = 5; c <= 8; c++)                                     /* user/project id/name */
         if (put_optional_string(r, cols[c]) < 0) return -1;
-    if (put(cols[9], read_string(r)) < 0) return -1;                 /* resource_id */
+    if (put(cols[9], read_string_like_last(r, cols[9])) < 0) return -1;  /* resource_id */
     if (read_long(r, &v) < 0) return -1;                             /* timestamp (µs) */
     if (put(cols[10], PyLong_FromLongLong(v)) < 0) return -1;
     if (read_long(r, &v) < 0) return -1;                             /* monotonic_time */
@@ -147,8 +253,8 @@ static int read_sample(Reader *r, PyObject **cols) {
     } else {
         return fail("bad union branch");
     }
-    if (read_metadata(r, cols[12], cols[13]) < 0) return -1;         /* resource_metadata */
-    if (put(cols[14], read_string(r)) < 0) return -1;                /* source */
+    if (read_metadata(r, cols[12], cols[13], prev_map) < 0) return -1;  /* resource_metadata */
+    if (put(cols[14], read_string_like_last(r, cols[14])) < 0) return -1;  /* source */
     return put_optional_string(r, cols[15]);                         /* message_signature */
 }
 
@@ -176,13 +282,14 @@ static PyObject *decode_samples(PyObject *self, PyObject *args) {
     }
     Reader r = {(const unsigned char *)buf.buf + pos, (const unsigned char *)buf.buf + buf.len};
     long long total = 0;
+    MapSpan prev_map = {NULL, 0};
     for (;;) {
         long long count;
         if (read_block_count(&r, &count) < 0) goto done;
         if (count == 0) break;
         if (count > r.end - r.p) { fail("array block count out of range"); goto done; }
         for (long long i = 0; i < count; i++) {
-            if (read_sample(&r, cols) < 0) goto done;
+            if (read_sample(&r, cols, &prev_map) < 0) goto done;
         }
         total += count;
     }

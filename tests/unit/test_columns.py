@@ -53,6 +53,57 @@ def test_columns_match_fastavro_on_fuzzed_batches(codec):
         assert cols.row(i) == reference
 
 
+def repetitive(rnd: random.Random) -> list[dict]:
+    """Samples drawn from small pools (equal, equal-length and non-ASCII values), as real records
+    repeat their resource, project, metadata, names and units: exercises the decoder's reuse paths."""
+    pool = {
+        "name": ["cpu", "cpv", "cpu_util", "ünits", "memory.usage"], "unit": ["ns", "B", "%", "µs", "Bs"],
+        "resource_id": ["host-1", "host-2", "hōst-1", "host-10"], "source": ["bench", "bencH", "openstack"],
+        "project_id": [None, "p1", "p2", "p漢"], "user_id": [None, "u1", "u2"],
+        "message_signature": [None, "s" * 64, "t" * 64],
+    }
+    mds = [{}, {"host": "h1", "kind": "host"}, {"host": "h2", "kind": "host"}, {"kind": "host", "host": "h1"},
+           {"host": "h1"}, {"hōst": "h1", "kind": "hōst"}]
+    base = {f: rnd.choice(values) for f, values in pool.items()}
+    md = rnd.choice(mds)
+    out = []
+    for i in range(rnd.randint(1, 9)):
+        sample = {"message_id": f"m{rnd.random()}", "type": "gauge", "volume": float(i), "user_name": None,
+                  "project_name": None, "timestamp": i, "monotonic_time": None,
+                  "resource_metadata": md if rnd.random() < 0.8 else rnd.choice(mds), **base}
+        for f, values in pool.items():
+            if rnd.random() < 0.2:
+                sample[f] = rnd.choice(values)
+        out.append(sample)
+    return out
+
+
+def test_reused_values_match_fastavro(codec):
+    rnd = random.Random(7)
+    cols = SampleColumns()
+    expected = []
+    for _ in range(600):
+        samples = repetitive(rnd)
+        record = codec.encode(samples)
+        _, pos = _read_key_id(record, HEADER_SIZE)
+        assert decode_samples(record, pos, cols) == len(samples)
+        expected += fastavro.schemaless_reader(io.BytesIO(record[HEADER_SIZE:]), codec._schema.parsed, None)["samples"]
+    for i, reference in enumerate(expected):
+        assert cols.row(i) == reference
+
+
+def test_a_records_samples_share_their_repeated_values(codec, sample_factory):
+    md = {"host": "h1", "kind": "host"}
+    record = codec.encode([sample_factory(name=n, resource_id="r-1", resource_metadata=md) for n in ("a", "b", "a")])
+    _, pos = _read_key_id(record, HEADER_SIZE)
+    cols = SampleColumns()
+    decode_samples(record, pos, cols)
+    assert cols.resource_id[0] is cols.resource_id[1] is cols.resource_id[2]
+    assert cols.metadata_keys[0] is cols.metadata_keys[2] and cols.metadata_values[0] is cols.metadata_values[1]
+    assert cols.name[0] is cols.name[2]
+    assert cols.message_id[0] != cols.message_id[1]
+
+
 @pytest.mark.parametrize("cut", [1, 5, 17, 40])
 def test_truncated_or_corrupt_input_raises_and_leaves_the_columns_as_they_were(codec, sample_factory, cut):
     cols = SampleColumns()
