@@ -265,6 +265,9 @@ class ProcessorSettings(_Section):
     batch_timeout: float = Field(
         0.3, gt=0, description="Seconds the oldest record of a batch may wait for the batch to fill; the batch "
         "is handed over at batch_size records, batch_max_bytes, or this age, whichever comes first.")
+    fetch_max_wait: float = Field(
+        0.1, gt=0, le=30, description="Longest a fetch request waits at the broker for records (s; Faust's own is "
+        "1.5): brokers that hold the long poll while records arrive add up to this to produce -> row latency.")
     data_dir: str = Field(".dev/faust", description="Faust data directory (tables' local state).")
     metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off.")
     pipeline: str | None = Field(

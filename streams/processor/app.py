@@ -140,6 +140,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     intake = Intake(p.batch_size, p.batch_max_bytes, p.batch_timeout)
     consumer = app.consumer
     consumer.intake, consumer.intake_topics = intake, frozenset({k.samples_topic})
+    consumer.set_fetch_max_wait(p.fetch_max_wait)
     joined = []
 
     @app.on_partitions_revoked.connect
