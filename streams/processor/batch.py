@@ -72,6 +72,9 @@ from streams.storage.health import DeadLetter, record_dead_letters
 
 log = logging.getLogger(__name__)
 
+EVICT_PER_PASS = 20_000
+"""Most resources whose state one eviction pass deletes (the state-eviction timer comes back within 60 s)."""
+
 
 class Record(Protocol):
     """What the processor reads of a Kafka record (a Faust ``Message`` has these)."""
@@ -396,8 +399,11 @@ class BatchProcessor:
             return None
         now_s = time.time() if now_s is None else now_s
         STATE_RESOURCES.set(len(self.table.data))
-        idle = idle_resources(list(self.table.data.items()), self.pending, active_partitions, now_s - ttl_s,
-                              self.started_s, self.partitions, keep=lambda state: STATE_KEY in state)
+        # At most EVICT_PER_PASS per pass (the timer comes back soon): a batch's tombstones and bookkeeping
+        # stay small however many resources went idle at once.
+        idle = idle_resources(self.table.data.items(), self.pending, active_partitions, now_s - ttl_s,
+                              self.started_s, self.partitions, keep=lambda state: STATE_KEY in state,
+                              limit=EVICT_PER_PASS)
         if not idle:
             return None
         batch = Batch((), BatchState(self.table, self.pending), self.generation)

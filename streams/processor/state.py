@@ -185,8 +185,19 @@ class BatchState:
         return state
 
     def delete(self, resource_id: str, partition: int) -> None:
-        """Drop ``resource_id``'s state at :meth:`commit` (store entry removed, changelog tombstone)."""
-        self.get(resource_id, partition).clear()
+        """Drop ``resource_id``'s state at :meth:`commit` (store entry removed, changelog tombstone).
+
+        Read after this in the same batch, the state is empty. Nothing is copied (an eviction deletes
+        many states at once)."""
+        if resource_id in self._copies:
+            self._copies[resource_id].clear()
+        else:
+            earlier = self.pending.get(resource_id)
+            original = earlier[0] if earlier is not None else self.table.get(resource_id)
+            self._originals[resource_id] = original or {}
+            state = self._copies[resource_id] = {}
+            self._partitions[resource_id] = partition
+            self.pending[resource_id] = (state, self)
         self._deleted.add(resource_id)
 
     def commit(self, changelog: ChangelogWriter, now_s: int | None = None) -> int:
@@ -219,7 +230,7 @@ class BatchState:
 
 def idle_resources(items: Iterable[tuple[str, Any]], pending: dict, active_partitions: set[int],
                    idle_before_s: float, unseen_s: float, partitions: int,
-                   keep: Callable[[dict[str, Any]], bool]) -> list[tuple[str, int]]:
+                   keep: Callable[[dict[str, Any]], bool], limit: int | None = None) -> list[tuple[str, int]]:
     """Resources whose state may be evicted, as (resource_id, partition).
 
     Args:
@@ -234,6 +245,7 @@ def idle_resources(items: Iterable[tuple[str, Any]], pending: dict, active_parti
             (``consistent_random``: CRC32 of the key).
         keep: True for states that must stay (e.g. holding alarm windows, which
             the evaluator releases itself).
+        limit: at most this many (None: all); the rest wait for the next pass.
     """
     out = []
     for rid, state in items:
@@ -246,4 +258,6 @@ def idle_resources(items: Iterable[tuple[str, Any]], pending: dict, active_parti
             partition = zlib.crc32(rid.encode()) % partitions
         if partition in active_partitions:
             out.append((rid, partition))
+            if limit is not None and len(out) >= limit:
+                break
     return out

@@ -15,6 +15,7 @@ from streams.alarms.stage import AlarmStage
 from streams.codec import BatchCodec, RecordLimits
 from streams.config import Settings
 from streams.pipeline import Pipeline, load_pipeline
+from streams.processor import batch as batch_module
 from streams.processor.batch import BatchProcessor, StoreUnavailable
 from streams.processor.normalize import Normalizer
 from streams.processor.stages import MAYBE_STORED_HEADER, RecordProcessor
@@ -239,6 +240,24 @@ def test_idle_state_is_evicted_with_tombstones_but_alarm_state_is_kept(codec):
     assert [(t, p, k, v) for (t, p, k, v) in producer.produced] == [
         ("app-resource-state-changelog", 1, b'"gone"', None)]
     assert bp.eviction_batch({1}, ttl_s=3600) is None
+
+
+def test_eviction_deletes_at_most_a_pass_worth_and_copies_nothing(codec, monkeypatch):
+    monkeypatch.setattr(batch_module, "EVICT_PER_PASS", 3)
+    bp, producer = processor(codec)
+    old = time.time() - 7200
+    states = {f"r{i}": {"t": i, "_seen": old, "_partition": 1} for i in range(5)}
+    for rid, state in states.items():
+        dict.__setitem__(bp.table, rid, state)
+    batch = bp.eviction_batch({1}, ttl_s=3600)
+    assert len(batch.state._deleted) == 3
+    assert all(batch.state._originals[rid] is states[rid] for rid in batch.state._deleted), "no copy of a state"
+    assert batch.state.get("r0", 1) == {}, "a deleted state reads as empty"
+    asyncio.run(bp.store(batch))
+    assert len(bp.table) == 2
+    asyncio.run(bp.store(bp.eviction_batch({1}, ttl_s=3600)))
+    assert len(bp.table) == 0
+    assert sorted(k for (_, _, k, v) in producer.produced if v is None) == sorted(f'"r{i}"'.encode() for i in range(5))
 
 
 def test_the_alarm_timer_keeps_event_time_on_partitions_with_a_backlog(codec):
