@@ -72,7 +72,7 @@ from streams.storage.health import DeadLetter, record_dead_letters
 
 log = logging.getLogger(__name__)
 
-EVICT_PER_PASS = 20_000
+EVICT_PER_PASS = 50_000
 """Most resources whose state one eviction pass deletes (the state-eviction timer comes back within 60 s)."""
 
 

@@ -130,6 +130,10 @@ def create_state_table(app: faust.App, partitions: int) -> ResourceStateTable:
     return app.tables.add(table)
 
 
+_GONE: dict[str, Any] = {}
+"""The pending value of a state deleted by an uncommitted batch: empty, and never handed out (readers copy)."""
+
+
 def copy_json(value: Any) -> Any:
     """A deep copy of JSON-shaped data (dicts, lists, and immutable scalars), several times faster
     than :func:`copy.deepcopy`, which handles any object and keeps a memo: states are JSON (the
@@ -166,7 +170,7 @@ class BatchState:
         self._copies: dict[str, dict[str, Any]] = {}
         self._originals: dict[str, Any] = {}
         self._partitions: dict[str, int] = {}
-        self._deleted: set[str] = set()
+        self._deleted: dict[str, int] = {}  # resource_id -> partition of its tombstone
 
     def get(self, resource_id: str, partition: int) -> dict[str, Any]:
         """The mutable state of ``resource_id`` for this batch (records its partition).
@@ -187,18 +191,15 @@ class BatchState:
     def delete(self, resource_id: str, partition: int) -> None:
         """Drop ``resource_id``'s state at :meth:`commit` (store entry removed, changelog tombstone).
 
-        Read after this in the same batch, the state is empty. Nothing is copied (an eviction deletes
-        many states at once)."""
-        if resource_id in self._copies:
-            self._copies[resource_id].clear()
+        Read after this in the same batch (or by a later batch before this one commits), the state
+        is empty. Nothing is copied: an eviction deletes many states at once, and each costs only
+        two dict entries until its batch commits."""
+        copy = self._copies.get(resource_id)
+        if copy is not None:
+            copy.clear()
         else:
-            earlier = self.pending.get(resource_id)
-            original = earlier[0] if earlier is not None else self.table.get(resource_id)
-            self._originals[resource_id] = original or {}
-            state = self._copies[resource_id] = {}
-            self._partitions[resource_id] = partition
-            self.pending[resource_id] = (state, self)
-        self._deleted.add(resource_id)
+            self.pending[resource_id] = (_GONE, self)
+        self._deleted[resource_id] = partition
 
     def commit(self, changelog: ChangelogWriter, now_s: int | None = None) -> int:
         """Write changed states to the table's store and queue them on ``changelog``.
@@ -213,12 +214,17 @@ class BatchState:
         written = 0
         store = self.table.data
         now_s = int(time.time()) if now_s is None else now_s
+        pending = self.pending
+        for rid, partition in self._deleted.items():
+            store.pop(rid, None)
+            changelog.send(partition, rid, None)
+            written += 1
+            if pending.get(rid, (None, None))[1] is self:
+                del pending[rid]
         for rid, state in self._copies.items():
             if rid in self._deleted:
-                store.pop(rid, None)
-                changelog.send(self._partitions[rid], rid, None)
-                written += 1
-            elif state != self._originals[rid]:
+                continue
+            if state != self._originals[rid]:
                 stamped = {**state, SEEN_KEY: now_s, PARTITION_KEY: self._partitions[rid]}
                 store[rid] = stamped
                 changelog.send(self._partitions[rid], rid, stamped)

@@ -251,7 +251,8 @@ def test_eviction_deletes_at_most_a_pass_worth_and_copies_nothing(codec, monkeyp
         dict.__setitem__(bp.table, rid, state)
     batch = bp.eviction_batch({1}, ttl_s=3600)
     assert len(batch.state._deleted) == 3
-    assert all(batch.state._originals[rid] is states[rid] for rid in batch.state._deleted), "no copy of a state"
+    assert not batch.state._copies and not batch.state._originals, "nothing copied"
+    assert bp.pending["r0"][0] == {}, "a later batch reads an evicted state as empty"
     assert batch.state.get("r0", 1) == {}, "a deleted state reads as empty"
     asyncio.run(bp.store(batch))
     assert len(bp.table) == 2
