@@ -61,6 +61,22 @@ def test_put_waits_while_twice_max_bytes_are_queued():
     assert asyncio.run(main()) == 1
 
 
+def test_put_waits_while_twice_max_records_are_queued():
+    async def main():
+        intake = Intake(max_records=2, max_bytes=1 << 20, within=0.01)
+        await intake.put([M(b"a"), M(b"b"), M(b"c"), M(b"d")])
+        blocked = asyncio.ensure_future(intake.put([M(b"e")]))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()  # small records: bounded by count, not only by bytes
+        async for batch in intake.batches():
+            assert len(batch) == 2
+            break
+        await asyncio.wait_for(blocked, 1)
+        return len(intake)
+
+    assert asyncio.run(main()) == 3
+
+
 def test_a_rebalance_drops_what_is_queued():
     async def main():
         intake = Intake(max_records=10, max_bytes=1 << 20, within=0.01)
