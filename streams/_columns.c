@@ -58,13 +58,16 @@ static int read_long(Reader *r, long long *out) {
     return 0;
 }
 
+/* A string's byte length, checked against what is left of the record. */
+static int read_length(Reader *r, long long *n) {
+    if (read_long(r, n) < 0) return -1;
+    if (*n < 0 || *n > r->end - r->p) return fail("string length out of range");
+    return 0;
+}
+
 static PyObject *read_string(Reader *r) {
     long long n;
-    if (read_long(r, &n) < 0) return NULL;
-    if (n < 0 || n > r->end - r->p) {
-        fail("string length out of range");
-        return NULL;
-    }
+    if (read_length(r, &n) < 0) return NULL;
     PyObject *s = PyUnicode_DecodeUTF8((const char *)r->p, (Py_ssize_t)n, "strict");
     r->p += n;
     return s;
@@ -74,11 +77,7 @@ static PyObject *read_string(Reader *r) {
 static PyObject *read_string_like_last(Reader *r, PyObject *list) {
     const unsigned char *start = r->p;
     long long n;
-    if (read_long(r, &n) < 0) return NULL;
-    if (n < 0 || n > r->end - r->p) {
-        fail("string length out of range");
-        return NULL;
-    }
+    if (read_length(r, &n) < 0) return NULL;
     Py_ssize_t size = PyList_GET_SIZE(list);
     if (size > 0) {
         PyObject *last = PyList_GET_ITEM(list, size - 1);
@@ -102,11 +101,7 @@ static int cache_next = 0;
 static PyObject *read_string_cached(Reader *r) {
     const unsigned char *start = r->p;
     long long n;
-    if (read_long(r, &n) < 0) return NULL;
-    if (n < 0 || n > r->end - r->p) {
-        fail("string length out of range");
-        return NULL;
-    }
+    if (read_length(r, &n) < 0) return NULL;
     if (n > CACHE_MAX_LEN) {
         r->p = start;
         return read_string(r);
@@ -132,8 +127,7 @@ static PyObject *read_string_cached(Reader *r) {
 
 static int skip_string(Reader *r) {
     long long n;
-    if (read_long(r, &n) < 0) return -1;
-    if (n < 0 || n > r->end - r->p) return fail("string length out of range");
+    if (read_length(r, &n) < 0) return -1;
     r->p += n;
     return 0;
 }

@@ -38,12 +38,12 @@ def test_the_c_decoder_is_built():
     assert columns_module._decode_samples is not None, "streams._columns was not built (pip install -e .)"
 
 
-def test_columns_match_fastavro_on_fuzzed_batches(codec):
-    rnd = random.Random(11)
+def assert_decodes_as_fastavro(codec, make, rnd: random.Random, records: int) -> None:
+    """``records`` records of ``make(rnd)`` samples decoded into one set of columns equal fastavro's."""
     cols = SampleColumns()
     expected = []
-    for _ in range(400):
-        samples = fuzzed(rnd)
+    for _ in range(records):
+        samples = make(rnd)
         record = codec.encode(samples)
         _, pos = _read_key_id(record, HEADER_SIZE)
         assert decode_samples(record, pos, cols) == len(samples)
@@ -51,6 +51,10 @@ def test_columns_match_fastavro_on_fuzzed_batches(codec):
     assert len(cols) == len(expected)
     for i, reference in enumerate(expected):
         assert cols.row(i) == reference
+
+
+def test_columns_match_fastavro_on_fuzzed_batches(codec):
+    assert_decodes_as_fastavro(codec, fuzzed, random.Random(11), 400)
 
 
 def repetitive(rnd: random.Random) -> list[dict]:
@@ -79,17 +83,7 @@ def repetitive(rnd: random.Random) -> list[dict]:
 
 
 def test_reused_values_match_fastavro(codec):
-    rnd = random.Random(7)
-    cols = SampleColumns()
-    expected = []
-    for _ in range(600):
-        samples = repetitive(rnd)
-        record = codec.encode(samples)
-        _, pos = _read_key_id(record, HEADER_SIZE)
-        assert decode_samples(record, pos, cols) == len(samples)
-        expected += fastavro.schemaless_reader(io.BytesIO(record[HEADER_SIZE:]), codec._schema.parsed, None)["samples"]
-    for i, reference in enumerate(expected):
-        assert cols.row(i) == reference
+    assert_decodes_as_fastavro(codec, repetitive, random.Random(7), 600)
 
 
 def test_a_records_samples_share_their_repeated_values(codec, sample_factory):
