@@ -416,16 +416,9 @@ class ClickHouseSink:
         if not new[0]:
             return 0, {}
         conn, table = conn or self.conn, table or self.table
-        try:
-            conn.insert_columns(table, SAMPLE_COLUMNS, new)
+        first = self._insert_or_data_error(conn, table, new)
+        if first is None:
             return len(new[0]), {}
-        except Exception as exc:  # noqa: BLE001 - classified below
-            kind = classify(exc)
-            if kind == "transient":
-                raise _Transient(str(exc)) from exc
-            if kind == "store":
-                raise
-            first = exc
         # A data error: isolate the records the server refuses, by bisection over whole records.
         idx = kept if kept is not None else list(range(len(new[0])))
         groups: dict[int, list[int]] = {}
@@ -440,6 +433,25 @@ class ClickHouseSink:
                 f"the store refused every one of {len(groups)} records: {clip(str(first), 300)}") from first
         return inserted, rejected
 
+    @staticmethod
+    def _insert_or_data_error(conn: Connection, table: str, cols: list[list]) -> Exception | None:
+        """INSERT ``cols`` into ``table``: None once stored, else the server's data error.
+
+        Raises:
+            _Transient: the server is unreachable or busy (retried by the caller).
+            Exception: a store error (:func:`classify`), as raised.
+        """
+        try:
+            conn.insert_columns(table, SAMPLE_COLUMNS, cols)
+            return None
+        except Exception as exc:  # noqa: BLE001 - classified below
+            kind = classify(exc)
+            if kind == "transient":
+                raise _Transient(str(exc)) from exc
+            if kind == "store":
+                raise
+            return exc
+
     def _bisect(self, cols: list[list], groups: list[tuple[int, list[int]]], rejected: dict[int, str],
                 error: Exception | None, conn: Connection, table: str) -> int:
         """Store ``groups`` (origin, row positions in ``cols``), splitting those that fail; return rows stored.
@@ -448,16 +460,9 @@ class ClickHouseSink:
         """
         if error is None:
             positions = [pos for _, ps in groups for pos in ps]
-            try:
-                conn.insert_columns(table, SAMPLE_COLUMNS, [[c[p] for p in positions] for c in cols])
+            error = self._insert_or_data_error(conn, table, [[c[p] for p in positions] for c in cols])
+            if error is None:
                 return len(positions)
-            except Exception as exc:  # noqa: BLE001 - classified below
-                kind = classify(exc)
-                if kind == "transient":
-                    raise _Transient(str(exc)) from exc
-                if kind == "store":
-                    raise
-                error = exc
         if len(groups) == 1:
             code = error_code(error)
             rejected[groups[0][0]] = clip(f"Code: {code}. {error}" if code is not None and "Code:" not in str(error)
