@@ -4,7 +4,8 @@
 #  1. Debian packages the local dev services need (zookeeper, clickhouse-server,
 #     clickhouse-client; a JRE comes with zookeeper's Depends: default-jre), faketime
 #     (`make test` runs the unit suite with the clock a year ahead), and
-#     python3-venv if `python3 -m venv` cannot work.  Installed only if missing,
+#     python3-venv if `python3 -m venv` cannot work, gcc and python3-dev if
+#     there is no C compiler or no Python.h (pip builds streams/_columns.c).  Installed only if missing,
 #     which needs root; otherwise prints the apt-get command and exits 1.
 #     The system clickhouse-server/zookeeper services are neither enabled nor
 #     restarted by us; if the package auto-starts them on 9000/8123/2181 that is
@@ -57,6 +58,12 @@ if ! command -v "$PYTHON" >/dev/null; then
     missing+=(python3 python3-venv)
 elif [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
+fi
+# The columnar decoder (streams/_columns.c) is built by pip install: a C compiler and Python's headers.
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
+if command -v "$PYTHON" >/dev/null && ! "$PYTHON" -c 'import os, sysconfig, sys
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+    missing+=(python3-dev)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
