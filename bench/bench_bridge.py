@@ -1,6 +1,6 @@
 """Ceilometer bridge throughput: Ceilometer samples/s through one ``streams bridge ceilometer`` process.
 
-Records are shaped like the captures in ``shared/data/ceilometer/`` (one
+Records are shaped like the captures in ``tests/data/ceilometer/`` (one
 ``publish_samples`` call of a compute agent: every meter of several
 instances, full instance metadata, signed with Ceilometer's algorithm,
 oslo.messaging 2.0 envelope). They are pre-loaded into a topic, then one

@@ -12,7 +12,7 @@ document *inside a string*::
 ``counter_name``, ``counter_type``, ``counter_unit``, ``counter_volume``, ...)
 or of event messages (``event_type``, ``generated``, ``traits``, ``raw``),
 each signed on its own (:mod:`streams.bridge.signing`). Captures and the
-field-by-field description: ``shared/data/ceilometer/README.md``.
+field-by-field description: ``tests/data/ceilometer/README.md``.
 
 :class:`CeilometerReader` turns one record value into verified, normalized
 samples (``streams.Sample`` dicts) and :class:`Event` objects, and a list of

@@ -5,7 +5,7 @@ envelope's ``payload``, never the envelope) with HMAC-SHA256 keyed with
 ``[publisher] telemetry_secret``. The signed text is not a canonical byte
 form but Python's ``str()`` of the values, so this module reproduces it
 rule by rule (the rules and 14 recorded vectors are in
-``shared/data/ceilometer/README.md`` and ``signature_vectors.json``):
+``tests/data/ceilometer/README.md`` and ``signature_vectors.json``):
 
 1. walk the message's keys in sorted order, skipping the top-level
    ``message_signature``;

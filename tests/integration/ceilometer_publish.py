@@ -4,7 +4,7 @@
 Runs with the Python of ``.venv-ceilometer`` (ceilometer 27 and
 ``oslo.messaging[kafka]``, built by ``make ceilometer-venv``), not with the
 project's: it imports Ceilometer and nothing of ``streams``. The publisher is
-loaded exactly as ``shared/data/ceilometer/capture.py`` loads it:
+loaded exactly as ``tests/data/ceilometer/capture.py`` loads it:
 ``ceilometer.publisher.get_publisher(conf, url, namespace)`` with a
 ``ceilometer.conf`` passed to ``ceilometer.service.prepare_service``, then
 ``publish_samples`` / ``publish_events`` once per batch of the input.

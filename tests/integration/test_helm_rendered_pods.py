@@ -185,7 +185,7 @@ def localize(doc: dict, container: dict, root: Path, stores: tuple[dict, dict], 
 
 
 def restamped(capture: str, secret: str, resource: str) -> tuple[bytes, list[str]]:
-    """The first record of a Ceilometer capture (shared/data/ceilometer) as Ceilometer would publish
+    """The first record of a Ceilometer capture (tests/data/ceilometer) as Ceilometer would publish
     it now: fresh message ids, times just past, ``resource`` as the resource of every sample and
     event, each entry signed with ``secret`` as Ceilometer signs. Returns (record value, entry ids)."""
     envelope = json.loads(ceilometer_records(capture)[0]["value"])

@@ -1,4 +1,4 @@
-"""The captures of shared/data/ceilometer/: records from Ceilometer 27's own publisher, and signature vectors."""
+"""The captures of tests/data/ceilometer/ (copied from the shared captures of issue 13): records from Ceilometer 27's own publisher, and signature vectors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(os.environ.get("STREAMS_CEILOMETER_DATA", Path(__file__).parents[4] / "shared" / "data" / "ceilometer"))
+DATA = Path(os.environ.get("STREAMS_CEILOMETER_DATA", Path(__file__).parents[2] / "data" / "ceilometer"))
+"""tests/data/ceilometer: a copy of the captures made for issue 13 (its README says how, with capture.py)."""
 if not DATA.is_dir():  # a worktree sits one level deeper than the main checkout
     DATA = Path(__file__).parents[5] / "shared" / "data" / "ceilometer"
 SECRET = "bridge-test-secret"
