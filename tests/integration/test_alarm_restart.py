@@ -9,16 +9,12 @@ insufficient data for a resource that never stopped reporting, and ignore its sa
 from __future__ import annotations
 
 import signal
-import threading
 import time
 import uuid
 
-from confluent_kafka import Producer
-
 from streams.topics import create_topics
-from tests.conftest import make_test_sample
 from tests.integration.conftest import wait_for
-from tests.integration.test_alarms import cli
+from tests.integration.test_alarms import cli, reporting_load
 
 
 def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, services):
@@ -36,26 +32,11 @@ def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, servic
     cli(env, "alarm", "create", "--id", "load-high", "--name", "load high", "--meter", "load", "--operator", "gt",
         "--threshold", "50", "--statistic", "max", "--period", "2", "--evaluation-periods", "1",
         "--resource-id", "vm-1", "--alarm-action", "log://")
-    codec = pipeline.codec()
-    producer = Producer({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
-    stop = threading.Event()
-
-    def report() -> None:  # vm-1 reports load 80 every 0.2 s, whatever happens to the processor
-        while not stop.is_set():
-            s = make_test_sample(name="load", type="gauge", unit="%", volume=80.0, resource_id="vm-1",
-                                 timestamp=time.time_ns() // 1000)
-            producer.produce(pipeline.settings.kafka.samples_topic, key=b"vm-1", value=codec.encode([s]))
-            producer.poll(0)
-            time.sleep(0.2)
-        producer.flush(10)
-
     def transitions() -> list[tuple[str, str]]:
         return pipeline.rows("SELECT previous_state, state FROM {db}.alarm_history FINAL "
                              "WHERE alarm_id = 'load-high' ORDER BY timestamp_us")
 
-    t = threading.Thread(target=report, daemon=True)
-    t.start()
-    try:
+    with reporting_load(pipeline):  # vm-1 reports load 80 every 0.2 s, whatever happens to the processor
         first = pipeline.spawn("process")
         first.wait_ready()
         wait_for(lambda: transitions() == [("insufficient data", "alarm")], 60, "the alarm firing")
@@ -68,8 +49,5 @@ def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, servic
         restarted = time.time()
         wait_for(lambda: pipeline.rows("SELECT max(timestamp_us) FROM {db}.samples")[0][0] / 1e6 > restarted + 5,
                  60, "the backlog and five more seconds stored")
-    finally:
-        stop.set()
-        t.join(15)
     assert transitions() == [("insufficient data", "alarm")], "the backlog's windows were closed by wall clock"
     assert second.proc.poll() is None

@@ -5,6 +5,7 @@ a resource that stops reporting reaches insufficient data."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -62,6 +63,32 @@ def cli(env: dict, *args: str) -> str:
     return r.stdout
 
 
+@contextlib.contextmanager
+def reporting_load(pipeline, resource_id: str = "vm-1", volume: float = 80.0):
+    """While the block runs, ``resource_id`` reports gauge ``load`` = ``volume`` % every 0.2 s (real time),
+    whatever happens to the processor; on exit the reports stop and are flushed."""
+    codec = pipeline.codec()
+    producer = Producer({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.is_set():
+            s = make_test_sample(name="load", type="gauge", unit="%", volume=volume, resource_id=resource_id,
+                                 timestamp=time.time_ns() // 1000)
+            producer.produce(pipeline.settings.kafka.samples_topic, key=resource_id.encode(), value=codec.encode([s]))
+            producer.poll(0)
+            time.sleep(0.2)
+        producer.flush(10)
+
+    t = threading.Thread(target=report, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(15)
+
+
 def test_alarm_lifecycle_through_cli_zookeeper_topic_history_and_webhook(pipeline, services):
     name = pipeline.name
     alarms_topic, alarms_dlq = f"{name}.alarms", f"{name}.alarms.dlq"
@@ -91,22 +118,7 @@ def test_alarm_lifecycle_through_cli_zookeeper_topic_history_and_webhook(pipelin
     processor.wait_ready()
     wait_for(lambda: http_get(f"http://127.0.0.1:{notifier_port}/readyz")[0] == 200, 60, "notifier /readyz")
 
-    codec = pipeline.codec()
-    producer = Producer({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
-    stop = threading.Event()
-
-    def produce_load() -> None:  # vm-1 reports load 80 every 0.2 s (real time) until stopped
-        while not stop.is_set():
-            s = make_test_sample(name="load", type="gauge", unit="%", volume=80.0, resource_id="vm-1",
-                                 timestamp=time.time_ns() // 1000)
-            producer.produce(pipeline.settings.kafka.samples_topic, key=b"vm-1", value=codec.encode([s]))
-            producer.poll(0)
-            time.sleep(0.2)
-        producer.flush(10)
-
-    t = threading.Thread(target=produce_load, daemon=True)
-    t.start()
-    try:
+    with reporting_load(pipeline):
         # 1. fires: insufficient data -> alarm, at the webhook
         wait_for(lambda: "alarm" in hook.states("vm-1"), 60, "an alarm notification at the webhook")
         body = next(b for b in hook.received if b["current"] == "alarm")
@@ -119,9 +131,6 @@ def test_alarm_lifecycle_through_cli_zookeeper_topic_history_and_webhook(pipelin
         # 2. threshold raised in ZooKeeper: the running processor evaluates 80 against 90 -> ok
         cli(env, "alarm", "update", "load-high", "--threshold", "90")
         wait_for(lambda: "ok" in hook.states("vm-1"), 30, "an ok notification after the threshold update")
-    finally:
-        stop.set()
-        t.join(10)
 
     # 3. vm-1 stops reporting: the timer closes empty windows -> insufficient data
     wait_for(lambda: hook.states("vm-1")[-1:] == ["insufficient data"], 30, "insufficient data after silence")
