@@ -142,6 +142,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     consumer.intake, consumer.intake_topics = intake, frozenset({k.samples_topic})
     consumer.set_fetch_max_wait(p.fetch_max_wait)
     joined = []
+    assigned_at = [time.monotonic()]
 
     @app.on_partitions_revoked.connect
     async def _on_revoked(sender: object, *args: object, **kwargs: object) -> None:
@@ -151,6 +152,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
     async def _on_assigned(sender: object, *args: object, **kwargs: object) -> None:
         # Ready once the worker has joined the group (a standby with no partitions is fine).
         joined.append(True)
+        assigned_at[0] = time.monotonic()
         processor.on_rebalance()
 
     metrics = MetricsServer(p.metrics_port, settings.metrics_host, healthy=lambda: not app.should_stop,
@@ -205,7 +207,11 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
             # timer closed its windows by wall clock.)
             committed = getattr(app.consumer, "_committed_offset", {})
             starts = {tp.partition: committed.get(tp) for tp in tps if tp.partition not in processor.prepared_offsets}
-            clocks = processor.timer_clocks(highwaters, time.time_ns() // 1000, starts)
+            # Quiet: nothing fetched for idle_after seconds (the intake stamps each partition's last fetch).
+            inbound, now = app.monitor.stream_inbound_time, time.monotonic()
+            quiet = {tp.partition for tp in tps
+                     if now - max(inbound.get(tp, 0.0), assigned_at[0]) >= settings.alarms.idle_after}
+            clocks = processor.timer_clocks(highwaters, time.time_ns() // 1000, starts, quiet)
             batch = processor.alarm_timer_batch(clocks)
             if batch is not None:
                 submit(batch)

@@ -357,17 +357,23 @@ class BatchProcessor:
                 self._internal_error(batch, msg, exc, "transform")
 
     def timer_clocks(self, highwaters: dict[int, int | None], now_us: int,
-                     positions: dict[int, int | None] | None = None) -> dict[int, int]:
+                     positions: dict[int, int | None] | None = None,
+                     quiet: set[int] | None = None) -> dict[int, int]:
         """The clock to close alarm windows with, per owned partition (``highwaters``: partition -> the
         offset the next record will get; ``positions``: the committed offset, where the worker started
-        reading, for partitions with nothing prepared since the last rebalance).
+        reading, for partitions with nothing prepared since the last rebalance; ``quiet``: partitions
+        that had no record fetched for ``alarms.idle_after`` seconds, None = all).
 
-        A partition whose every record is prepared is idle: wall-clock ``now_us``, so a resource that
-        stopped reporting reaches insufficient data. A partition with records still to read (a
-        backlog after a restart or an outage) keeps event time, the newest sample prepared on it (samples
-        stamped ahead of the wall clock excluded):
-        closing its windows by wall clock would declare insufficient data for resources whose samples
-        are only waiting to be read. A lagging partition with nothing prepared yet is left alone.
+        A partition is idle when every record is prepared and it is quiet: wall-clock ``now_us``, so a
+        resource that stopped reporting reaches insufficient data. Otherwise the partition keeps event
+        time, the newest sample prepared on it (samples stamped ahead of the wall clock excluded): closing
+        its windows by wall clock would declare insufficient data for resources whose samples are only
+        waiting to be read. A lagging partition with nothing prepared yet is left alone.
+
+        Quiet as well as caught up, because a high watermark is only as fresh as the last fetch response:
+        records produced since, or fetched by a consumer thread the machine starves, are not counted in
+        it, and a partition looks caught up while its samples are on their way (Flink's source idleness
+        works the same way: a partition is idle only after a time without records).
         """
         clocks = {}
         positions = positions or {}
@@ -377,7 +383,7 @@ class BatchProcessor:
             done = self.prepared_offsets.get(partition)
             if done is None and positions.get(partition) is not None:
                 done = positions[partition] - 1  # nothing prepared yet: caught up if nothing came since
-            if done is not None and done >= highwater - 1:
+            if done is not None and done >= highwater - 1 and (quiet is None or partition in quiet):
                 clocks[partition] = now_us
             elif partition in self.event_clocks:
                 clocks[partition] = self.event_clocks[partition]

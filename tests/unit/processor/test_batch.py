@@ -274,6 +274,23 @@ def test_the_alarm_timer_keeps_event_time_on_partitions_with_a_backlog(codec):
     assert bp.timer_clocks({2: 50}, now, positions={2: 20}) == {}  # a backlog, nothing prepared: wait
 
 
+def test_the_alarm_timer_keeps_event_time_until_a_caught_up_partition_is_quiet(codec):
+    """A high watermark is as fresh as the last fetch response: a partition whose records are still being
+    fetched may look caught up (every record counted prepared, or nothing beyond the committed offset)
+    while its next samples are on their way. It keeps event time, or is left alone with nothing prepared,
+    until nothing was fetched from it for ``alarms.idle_after`` (found as a flake of
+    tests/integration/test_alarm_restart.py in a clean-clone CI run: the restarted processor declared
+    insufficient data for a resource reporting all along)."""
+    bp, _ = processor(codec)
+    ts = time.time_ns() // 1000 - 5_000_000
+    bp.prepare([Msg(b"a", codec.encode([make_test_sample(resource_id="a", timestamp=ts)]), offset=9, partition=1)])
+    now = time.time_ns() // 1000
+    highwaters, committed = {1: 10, 2: 50}, {2: 50}  # both look caught up
+    assert bp.timer_clocks(highwaters, now, committed, quiet=set()) == {1: ts}  # 2: nothing prepared: alone
+    assert bp.timer_clocks(highwaters, now, committed, quiet={2}) == {1: ts, 2: now}
+    assert bp.timer_clocks(highwaters, now, committed, quiet={1, 2}) == {1: now, 2: now}
+
+
 def test_a_sample_stamped_ahead_does_not_move_its_partitions_alarm_clock(codec):
     """A poller whose clock runs fast (within max_future_skew) stamps its samples ahead. On a partition
     with a backlog the timer keeps the partition's event time: were it the fast sample's time, every
