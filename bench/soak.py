@@ -9,7 +9,13 @@ seconds it samples:
 * the processor's and the notifier's RSS (MiB);
 * the processor's consumer lag (records: high watermark minus committed offset, summed over partitions);
 * produce -> row visible, p99 over the interval (ms): one record in ten is a probe, whose rows are
-  looked for every 100 ms.
+  looked for every 100 ms, oldest first (all of them: a backlog's probes are found late, not lost);
+  also the age of the oldest probe not yet visible, which a growing backlog shows at once;
+* records and probes the generator produced in the interval (it runs in this process: a stalled
+  generator shows here, not as missing probes);
+* CPU of the processor, the notifier, the broker, ClickHouse and this process (generator and
+  probe queries), in cores: on a small machine the load generator and the services share the
+  cores with the processor, and this says which one is short.
 
 At the end it prints the series and a verdict: RSS flat (the last third's mean within 10 % of the
 middle third's), lag flat (the last third's mean no higher than the middle third's plus one
@@ -72,6 +78,8 @@ class Generator(threading.Thread):
         self.stop = threading.Event()
         self.probes: dict[str, float] = {}
         self.lock = threading.Lock()
+        self.produced = 0  # records
+        self.probes_made = 0
 
     def run(self) -> None:
         start = time.time()
@@ -84,9 +92,11 @@ class Generator(threading.Thread):
             if i % 10 == 0:
                 with self.lock:
                     self.probes[samples[0]["message_id"]] = time.time()
+                    self.probes_made += 1
             self.pub.publish(samples)
             self.pub.poll(0)
             i += 1
+            self.produced = i
         self.pub.flush(30)
 
 
@@ -151,27 +161,47 @@ def main() -> None:
                         "--alarm-action", "log://", "--ok-action", "log://"], env=env, check=True,
                        capture_output=True)
     processor, notifier = spawn("process"), spawn("notify", "--metrics-port", "0")
+    watched = {"processor": psutil.Process(processor.pid), "notifier": psutil.Process(notifier.pid),
+               "soak": psutil.Process()}
+    for service, info in devenv.status().items():
+        if info.get("pid"):
+            watched[service] = psutil.Process(info["pid"])
     time.sleep(10)
     gen = Generator(settings, args.rate, args.resources)
     gen.start()
     series = []
     seen: dict[str, float] = {}
     end = time.time() + args.minutes * 60
+
+    def cpu_times() -> dict[str, float]:
+        out = {}
+        for key, proc in watched.items():
+            try:
+                t = proc.cpu_times()
+                out[key] = t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                out[key] = 0.0
+        return out
+
     try:
         while time.time() < end:
-            window_end = time.time() + args.every
+            window_start, cpu_start = time.time(), cpu_times()
+            made_start, probes_start = gen.produced, gen.probes_made
+            window_end = window_start + args.every
             lats: list[float] = []
             while time.time() < window_end:
                 with gen.lock:
-                    pending = [m for m in gen.probes if m not in seen]
-                if pending:
+                    pending = [m for m in gen.probes if m not in seen][:5000]  # oldest first
+                for chunk in range(0, len(pending), 1000):
                     rows = ch.execute(f"SELECT message_id FROM {name}.samples WHERE message_id IN %(ids)s",
-                                      {"ids": tuple(pending[-2000:])})
+                                      {"ids": tuple(pending[chunk:chunk + 1000])})
                     now = time.time()
                     with gen.lock:
                         for (mid,) in rows:
                             seen[mid] = now
                             lats.append((now - gen.probes.pop(mid)) * 1000)
+                    if len(rows) < 1000 // 2:
+                        break  # the rest is newer still: not visible either
                 time.sleep(0.1)
             for p in (processor, notifier):
                 if p.poll() is not None:
@@ -181,7 +211,14 @@ def main() -> None:
                      "notifier_rss_mib": round(psutil.Process(notifier.pid).memory_info().rss / 2**20, 1),
                      "lag_records": lag(settings, name, settings.kafka.samples_topic),
                      "p99_ms": round(statistics.quantiles(lats, n=100)[98]) if len(lats) > 10 else None,
-                     "probes": len(lats)}
+                     "probes_visible": len(lats)}
+            with gen.lock:
+                oldest = next(iter(gen.probes.values()), None)
+            elapsed, cpu_end = time.time() - window_start, cpu_times()
+            point.update({
+                "oldest_unseen_s": round(time.time() - oldest, 1) if oldest is not None else 0.0,
+                "records_made": gen.produced - made_start, "probes_made": gen.probes_made - probes_start,
+                "cpu_cores": {k: round((cpu_end[k] - cpu_start[k]) / elapsed, 2) for k in watched}})
             series.append(point)
             print(json.dumps(point), flush=True)
             seen.clear()

@@ -41,6 +41,7 @@ def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, servic
         first.wait_ready()
         wait_for(lambda: transitions() == [("insufficient data", "alarm")], 60, "the alarm firing")
         first.kill(signal.SIGKILL)
+        killed = time.time()
         time.sleep(8)  # a backlog of 40 records while no worker runs
         # A wide batch window: the first batch of the backlog is prepared 5 s after it is fetched, and
         # the timer runs every 0.25 s meanwhile.
@@ -49,5 +50,9 @@ def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, servic
         restarted = time.time()
         wait_for(lambda: pipeline.rows("SELECT max(timestamp_us) FROM {db}.samples")[0][0] / 1e6 > restarted + 5,
                  60, "the backlog and five more seconds stored")
-    assert transitions() == [("insufficient data", "alarm")], "the backlog's windows were closed by wall clock"
+    history = pipeline.rows("SELECT previous_state, state, timestamp_us, reason FROM {db}.alarm_history FINAL "
+                            "WHERE alarm_id = 'load-high' ORDER BY timestamp_us")
+    assert [(p, s) for p, s, *_ in history] == [("insufficient data", "alarm")], (
+        f"the backlog's windows were closed by wall clock (killed at {killed:.1f}, restarted at {restarted:.1f}): "
+        f"{history}")
     assert second.proc.poll() is None
