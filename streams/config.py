@@ -369,7 +369,7 @@ class AlarmSettings(_Section):
     timer_interval: float = Field(
         1.0, gt=0, description="Seconds between timer runs that close windows of resources that stopped reporting.")
     idle_after: float = Field(
-        2.0, ge=0, description="Seconds a partition must have had no record fetched (and every fetched record "
+        2.0, ge=0, description="Seconds of fetches that bring nothing from a partition (every fetched record "
         "prepared) before the timer closes its windows by wall-clock time; until then it keeps the partition's "
         "event time (Flink's source idleness). Longer tolerates slower fetches; shorter reports resources that "
         "stopped reporting sooner.")

@@ -44,7 +44,7 @@ from streams.coordination.registry import registration
 from streams.observability import MetricsServer
 from streams.pipeline import Pipeline, load_pipeline
 from streams.processor import fastpath
-from streams.processor.batch import BatchProcessor, StoreUnavailable
+from streams.processor.batch import BatchProcessor, StoreUnavailable, quiet_partitions
 from streams.processor.intake import Intake
 from streams.processor.normalize import Normalizer
 from streams.processor.publishers import open_publisher
@@ -207,10 +207,8 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
             # timer closed its windows by wall clock.)
             committed = getattr(app.consumer, "_committed_offset", {})
             starts = {tp.partition: committed.get(tp) for tp in tps if tp.partition not in processor.prepared_offsets}
-            # Quiet: nothing fetched for idle_after seconds (the intake stamps each partition's last fetch).
-            inbound, now = app.monitor.stream_inbound_time, time.monotonic()
-            quiet = {tp.partition for tp in tps
-                     if now - max(inbound.get(tp, 0.0), assigned_at[0]) >= settings.alarms.idle_after}
+            quiet = quiet_partitions({tp.partition: app.monitor.stream_inbound_time.get(tp) for tp in tps},
+                                     consumer.last_round, assigned_at[0], time.monotonic(), settings.alarms.idle_after)
             clocks = processor.timer_clocks(highwaters, time.time_ns() // 1000, starts, quiet)
             batch = processor.alarm_timer_batch(clocks)
             if batch is not None:

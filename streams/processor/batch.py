@@ -147,6 +147,22 @@ class Batch:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, logged at DEBUG
 
 
+def quiet_partitions(last_records: dict[int, float | None], last_round: float, assigned_at: float,
+                     now: float, idle_after: float) -> set[int]:
+    """Partitions the consumer fetches and gets nothing from: the fetch rounds of the last ``idle_after``
+    seconds brought no record of them (Flink's source idleness). Times are ``time.monotonic()`` seconds.
+
+    Args:
+        last_records: partition -> when a fetch last brought records of it (None: never since start).
+        last_round: when the last fetch round completed. If it is not recent (the fetcher waits for room
+            in the intake, or the event loop is starved), nothing proves a partition idle: none is quiet.
+        assigned_at: when the partitions were assigned (a partition is not quiet sooner after it).
+    """
+    if now - last_round > max(idle_after, 1.5):
+        return set()
+    return {p for p, t in last_records.items() if last_round - max(t or 0.0, assigned_at) >= idle_after}
+
+
 class BatchProcessor:
     """Prepares and stores batches of sample records (module docstring).
 
@@ -362,7 +378,7 @@ class BatchProcessor:
         """The clock to close alarm windows with, per owned partition (``highwaters``: partition -> the
         offset the next record will get; ``positions``: the committed offset, where the worker started
         reading, for partitions with nothing prepared since the last rebalance; ``quiet``: partitions
-        that had no record fetched for ``alarms.idle_after`` seconds, None = all).
+        fetched with nothing new for ``alarms.idle_after`` seconds, :func:`quiet_partitions`; None = all).
 
         A partition is idle when every record is prepared and it is quiet: wall-clock ``now_us``, so a
         resource that stopped reporting reaches insufficient data. Otherwise the partition keeps event

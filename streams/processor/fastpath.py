@@ -115,6 +115,10 @@ class Consumer(_aiokafka.Consumer):
 
     intake: Any = None  # streams.processor.intake.Intake, set by the processor before the worker starts
     intake_topics: frozenset[str] = frozenset()
+    last_round: float = 0.0
+    """``time.monotonic()`` when the last ``getmany`` round completed (with records or after its timeout);
+    stale while the drain waits for room in the intake. With the intake's per-partition arrival times it
+    tells a partition that is fetched and has nothing from one that is not being fetched."""
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -164,6 +168,7 @@ class Consumer(_aiokafka.Consumer):
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                         set_read_offset(tp, offset)
                     unset_flag(CONSUMER_FETCHING)
+                    self.last_round = monotonic()
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
                     await self.commit()

@@ -16,7 +16,7 @@ from streams.codec import BatchCodec, RecordLimits
 from streams.config import Settings
 from streams.pipeline import Pipeline, load_pipeline
 from streams.processor import batch as batch_module
-from streams.processor.batch import BatchProcessor, StoreUnavailable
+from streams.processor.batch import BatchProcessor, StoreUnavailable, quiet_partitions
 from streams.processor.normalize import Normalizer
 from streams.processor.stages import MAYBE_STORED_HEADER, RecordProcessor
 from streams.processor.state import ChangelogWriter
@@ -289,6 +289,16 @@ def test_the_alarm_timer_keeps_event_time_until_a_caught_up_partition_is_quiet(c
     assert bp.timer_clocks(highwaters, now, committed, quiet=set()) == {1: ts}  # 2: nothing prepared: alone
     assert bp.timer_clocks(highwaters, now, committed, quiet={2}) == {1: ts, 2: now}
     assert bp.timer_clocks(highwaters, now, committed, quiet={1, 2}) == {1: now, 2: now}
+
+
+def test_a_partition_is_quiet_only_while_it_is_fetched_and_brings_nothing():
+    t = 1000.0  # monotonic seconds
+    last = {0: t - 5.0, 1: t - 1.0, 2: None}  # 0: records 5 s ago; 1: a second ago; 2: never
+    assert quiet_partitions(last, last_round=t - 0.2, assigned_at=t - 60, now=t, idle_after=2.0) == {0, 2}
+    # Assigned a second ago: nothing is quiet before idle_after has passed since.
+    assert quiet_partitions(last, last_round=t - 0.2, assigned_at=t - 1, now=t, idle_after=2.0) == set()
+    # The fetcher has not completed a round for 10 s (it waits for room in the intake): no proof of idleness.
+    assert quiet_partitions(last, last_round=t - 10, assigned_at=t - 60, now=t, idle_after=2.0) == set()
 
 
 def test_a_sample_stamped_ahead_does_not_move_its_partitions_alarm_clock(codec):
