@@ -64,18 +64,23 @@ def cli(env: dict, *args: str) -> str:
 
 
 @contextlib.contextmanager
-def reporting_load(pipeline, resource_id: str = "vm-1", volume: float = 80.0):
-    """While the block runs, ``resource_id`` reports gauge ``load`` = ``volume`` % every 0.2 s (real time),
-    whatever happens to the processor; on exit the reports stop and are flushed."""
+def reporting_load(pipeline, resource_id: str = "vm-1", volume: float = 80.0, samples=None):
+    """While the block runs, every 0.2 s (real time) the samples ``samples(now_us)`` returns are produced,
+    keyed by their resource id, whatever happens to the processor (default: ``resource_id`` reports gauge
+    ``load`` = ``volume`` %); on exit the reports stop and are flushed."""
     codec = pipeline.codec()
     producer = Producer({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
     stop = threading.Event()
+    if samples is None:
+        def samples(now_us: int) -> list[dict]:
+            return [make_test_sample(name="load", type="gauge", unit="%", volume=volume, resource_id=resource_id,
+                                     timestamp=now_us)]
 
     def report() -> None:
         while not stop.is_set():
-            s = make_test_sample(name="load", type="gauge", unit="%", volume=volume, resource_id=resource_id,
-                                 timestamp=time.time_ns() // 1000)
-            producer.produce(pipeline.settings.kafka.samples_topic, key=resource_id.encode(), value=codec.encode([s]))
+            for s in samples(time.time_ns() // 1000):
+                producer.produce(pipeline.settings.kafka.samples_topic, key=s["resource_id"].encode(),
+                                 value=codec.encode([s]))
             producer.poll(0)
             time.sleep(0.2)
         producer.flush(10)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -25,14 +23,13 @@ import pytest
 from aodhclient import client as aodh_client
 from aodhclient import exceptions as aodh_exc
 from aodhclient.noauth import AodhNoAuthPlugin
-from confluent_kafka import Producer
 from keystoneauth1 import session as ks_session
 from keystoneauth1.token_endpoint import Token
 
 from streams.topics import create_topics
 from tests.conftest import make_test_sample
 from tests.integration.conftest import StreamsProcess, free_port, http_get, wait_for
-from tests.integration.test_alarms import Webhook
+from tests.integration.test_alarms import Webhook, reporting_load
 from tests.integration.test_alarms import cli as streams_cli
 
 AODH = str(Path(sys.executable).with_name("aodh"))
@@ -199,28 +196,14 @@ def test_alarms_made_through_the_api_fire_on_real_samples_and_heats_body_is_eval
     processor.wait_ready()
     wait_for(lambda: http_get(f"http://127.0.0.1:{notifier_port}/readyz")[0] == 200, 60, "notifier /readyz")
 
-    codec = pipeline.codec()
-    producer = Producer({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
-    stop = threading.Event()
+    def reports(now: int) -> list[dict]:  # every 0.2 s of real time: vm-1 load 80; vm-a (in the stack) and vm-b busy
+        return [make_test_sample(name="load", type="gauge", unit="%", volume=80.0, resource_id="vm-1", timestamp=now),
+                make_test_sample(name="cpu_util", type="gauge", unit="%", volume=95.0, resource_id="vm-a",
+                                 timestamp=now, resource_metadata={"server_group": "stack-abc"}),
+                make_test_sample(name="cpu_util", type="gauge", unit="%", volume=95.0, resource_id="vm-b",
+                                 timestamp=now, resource_metadata={"server_group": "stack-other"})]
 
-    def produce() -> None:  # every 0.2 s of real time: vm-1 load 80; vm-a (in the stack) and vm-b busy
-        while not stop.is_set():
-            now = time.time_ns() // 1000
-            for s in (make_test_sample(name="load", type="gauge", unit="%", volume=80.0, resource_id="vm-1",
-                                       timestamp=now),
-                      make_test_sample(name="cpu_util", type="gauge", unit="%", volume=95.0, resource_id="vm-a",
-                                       timestamp=now, resource_metadata={"server_group": "stack-abc"}),
-                      make_test_sample(name="cpu_util", type="gauge", unit="%", volume=95.0, resource_id="vm-b",
-                                       timestamp=now, resource_metadata={"server_group": "stack-other"})):
-                producer.produce(pipeline.settings.kafka.samples_topic, key=s["resource_id"].encode(),
-                                 value=codec.encode([s]))
-            producer.poll(0)
-            time.sleep(0.2)
-        producer.flush(10)
-
-    t = threading.Thread(target=produce, daemon=True)
-    t.start()
-    try:
+    with reporting_load(pipeline, samples=reports):
         wait_for(lambda: "alarm" in hook.states("vm-1"), 90, "the API-made alarm firing at the webhook")
         fired = next(b for b in hook.received if b["alarm_id"] == load["alarm_id"])
         assert (fired["previous"], fired["current"], fired["alarm_name"]) == ("insufficient data", "alarm",
@@ -249,9 +232,6 @@ def test_alarms_made_through_the_api_fire_on_real_samples_and_heats_body_is_eval
         wait_for(lambda: kinds()[:1] == [("ok", "alarm")], 30, "the ok -> alarm transition in the history")
         assert kinds()[:3] == [("ok", "alarm"), (None, "ok"), ("insufficient data", "alarm")]
         assert api.json("alarm", "state", "get", load["alarm_id"]) == {"state": "alarm"}
-    finally:
-        stop.set()
-        t.join(10)
     assert processor.proc.poll() is None
 
 
