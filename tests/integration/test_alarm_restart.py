@@ -19,11 +19,14 @@ from tests.integration.conftest import wait_for
 from tests.integration.test_alarms import cli, reporting_load
 
 
-# An open defect, not a flaky test: in about one run in ten to twenty the restarted processor's alarm
-# state shows no sample of the backlog (the first window with data after the restart starts when the new
-# worker became ready; the state's `late` count is 0, so they were not ignored as late either): it
-# reports alarm -> insufficient data -> alarm. Samples were all stored in the runs checked (and the
-# kill tests' loss checks pass); the cause is not found. README, Status.
+# An open defect, not a flaky test: in about one run in ten to twenty (seen in CI and in the kill loop, under
+# load) the restarted processor's alarm state showed no sample of the backlog (the first window with data
+# after the restart starts when the new worker became ready; the state's `late` count is 0): it reports
+# alarm -> insufficient data -> alarm. One way to lose a batch's state was found and closed since (Faust's
+# recovery re-applied the processor's own changelog records at a rebalance and could roll back a batch
+# stored meanwhile: streams/processor/state.py, VERSION_KEY), but that needs a second rebalance in the
+# restarted worker, which no logged run showed; 27 runs in a row passed before that change too, so the
+# test stays xfail until a failing run is caught with the instrumentation. README, Status.
 @pytest.mark.xfail(strict=False, reason="open defect: a restarted processor's alarm state sometimes misses the "
                    "backlog's samples (about 1 run in 10-20); README, Status")
 def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, services):
@@ -65,3 +68,40 @@ def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, servic
         f"the backlog's windows were closed by wall clock (killed at {killed:.1f}, restarted at {restarted:.1f}): "
         f"{history}")
     assert second.proc.poll() is None
+
+
+def test_alarm_state_survives_workers_joining_and_leaving(pipeline, services):
+    """A second worker joins and leaves twice while vm-1 reports: each rebalance re-reads the state's
+    changelog (Faust's recovery), which must not roll the first worker's alarm windows back."""
+    name = pipeline.name
+    alarms_topic = f"{name}.alarms"
+    create_topics(pipeline.settings.kafka, [alarms_topic, f"{name}.alarms.dlq"])
+    env = {**pipeline.env,
+           "STREAMS_COORDINATION__HOSTS": services["zookeeper"],
+           "STREAMS_COORDINATION__ROOT": f"/t{uuid.uuid4().hex}",
+           "STREAMS_KAFKA__ALARMS_TOPIC": alarms_topic,
+           "STREAMS_KAFKA__ALARMS_DLQ_TOPIC": f"{name}.alarms.dlq",
+           "STREAMS_ALARMS__GRACE": "0.5",
+           "STREAMS_ALARMS__TIMER_INTERVAL": "0.25",
+           "STREAMS_PROCESSOR__BATCH_TIMEOUT": "0.05"}
+    pipeline.env = env
+    cli(env, "alarm", "create", "--id", "load-high", "--name", "load high", "--meter", "load", "--operator", "gt",
+        "--threshold", "50", "--statistic", "max", "--period", "2", "--evaluation-periods", "1",
+        "--resource-id", "vm-1", "--alarm-action", "log://")
+
+    def transitions() -> list:
+        return pipeline.rows("SELECT previous_state, state, timestamp_us, reason FROM {db}.alarm_history FINAL "
+                             "WHERE alarm_id = 'load-high' ORDER BY timestamp_us")
+
+    with reporting_load(pipeline):
+        first = pipeline.spawn("process")
+        first.wait_ready()
+        wait_for(lambda: [t[:2] for t in transitions()] == [("insufficient data", "alarm")], 60, "the alarm firing")
+        for _ in range(2):
+            other = pipeline.spawn("process")
+            other.wait_ready()
+            time.sleep(3)
+            other.kill(signal.SIGTERM)  # leaves the group: another rebalance
+            time.sleep(3)
+    assert [(p, s) for p, s, *_ in transitions()] == [("insufficient data", "alarm")], transitions()
+    assert first.proc.poll() is None

@@ -1,10 +1,19 @@
 """BatchState: copy-on-read overlay, chaining through uncommitted batches, ordered commits."""
 
 import json
+import time
 
 import pytest
 
-from streams.processor.state import BatchState, ChangelogWriter, StateWriteError
+from streams.processor.state import (
+    VERSION_KEY,
+    BatchState,
+    ChangelogWriter,
+    StateWriteError,
+    changelog_topic,
+    next_version,
+    supersedes,
+)
 
 
 class TableDouble(dict):
@@ -20,11 +29,11 @@ class TableDouble(dict):
 
     def send(self, partition, key, value):  # the ChangelogWriter interface
         assert self.get(key) == value  # the store is written first
-        value = None if value is None else {k: v for k, v in value.items() if k not in ("_seen", "_partition")}
+        value = None if value is None else {k: v for k, v in value.items() if k not in ("_seen", "_partition", "_v")}
         self.writes.append((partition, key, value))
 
-    def __getitem__(self, key):  # states without the commit's stamps (_seen, _partition)
-        return {k: v for k, v in dict.__getitem__(self, key).items() if k not in ("_seen", "_partition")}
+    def __getitem__(self, key):  # states without the commit's stamps (_seen, _partition, _v)
+        return {k: v for k, v in dict.__getitem__(self, key).items() if k not in ("_seen", "_partition", "_v")}
 
 
 def test_reads_are_copies_and_only_changes_are_written():
@@ -106,3 +115,79 @@ def test_changelog_flush_raises_unless_every_write_is_acknowledged(producer):
     writer.send(0, "r", {})
     with pytest.raises(StateWriteError, match="changelog t"):
         writer.flush(timeout=0.1)
+
+
+# -- versions: a changelog record never replaces a newer state (Faust's recovery re-reads our own writes) --
+
+
+def _versions(table, key):
+    return dict.__getitem__(table, key)[VERSION_KEY]
+
+
+def test_every_commit_gives_a_higher_version_than_the_state_it_replaces():
+    table = TableDouble()
+    pending: dict = {}
+    first = BatchState(table, pending)
+    first.get("r", 0)["n"] = 1
+    second = BatchState(table, pending)  # built on first's uncommitted copy
+    second.get("r", 0)["n"] = 2
+    first.commit(table)
+    v1 = _versions(table, "r")
+    second.commit(table)
+    v2 = _versions(table, "r")
+    assert v2 > v1 > 0
+    # A state recovered from another worker whose clock runs ahead: the next version is still above it.
+    dict.__setitem__(table, "r", {"n": 2, VERSION_KEY: v2 + 10**12})
+    third = BatchState(table)
+    third.get("r", 0)["n"] = 3
+    third.commit(table)
+    assert _versions(table, "r") == v2 + 10**12 + 1
+
+
+def test_supersedes():
+    held = {"n": 2, VERSION_KEY: 2_000}
+    assert supersedes(held, {"n": 1, VERSION_KEY: 1_000}, 0.0)  # our own older write, read back
+    assert supersedes(held, {"n": 2, VERSION_KEY: 2_000}, 0.0)  # the same write
+    assert not supersedes(held, {"n": 3, VERSION_KEY: 3_000}, 0.0)  # a newer one (another worker's)
+    assert supersedes(held, {"n": 0}, 0.0)  # an unversioned record (an earlier release): older than any versioned state
+    assert not supersedes({"n": 1}, {"n": 0, VERSION_KEY: 5}, 0.0)  # unversioned state: the record applies
+    assert not supersedes(None, {"n": 0, VERSION_KEY: 5}, 0.0)
+    # Tombstones carry no value: compared by the record's timestamp (seconds).
+    assert supersedes(held, None, 0.001)  # deleted at 1,000 µs, held since 2,000 µs
+    assert not supersedes(held, None, 0.003)
+    assert not supersedes(held, None, None)
+
+
+def test_the_table_keeps_its_newer_states_when_recovery_replays_the_changelog(tmp_path):
+    """Faust's recovery at a rebalance re-applies the processor's own changelog records; the last one it
+    reads may be older than the state in the store (a batch whose record was not yet on the broker)."""
+    import faust
+    from faust.types import TP
+
+    from streams.processor.state import create_state_table
+
+    app = faust.App("state-test", store="memory://", datadir=str(tmp_path))
+    table = create_state_table(app, 4)
+    tp = TP(changelog_topic("state-test"), 2)
+
+    def record(offset: int, key: str, value: dict | None, timestamp_s: float = 1.0):
+        message = faust.types.Message(tp.topic, tp.partition, offset, timestamp_s, 0, [], json.dumps(key).encode(),
+                                      None if value is None else json.dumps(value).encode(), None)
+        return faust.Event(app, key, value, {}, message)
+
+    store = table.data
+    old, new = {"n": 1, VERSION_KEY: next_version(0)}, None
+    new = {"n": 2, VERSION_KEY: next_version(old[VERSION_KEY])}
+    store["kept"] = new  # committed by a batch; its changelog record is not read back yet
+    store["gone"] = {"n": 9, VERSION_KEY: next_version(0)}
+    table.apply_changelog_batch([
+        record(0, "kept", old),  # the previous state: must not roll "kept" back
+        record(1, "other", {"n": 5, VERSION_KEY: 7}),  # unknown here: recovered
+        record(2, "gone", None, timestamp_s=time.time() + 60),  # deleted later by another worker: applied
+    ])
+    assert store["kept"] == new and store["other"]["n"] == 5 and "gone" not in store
+    assert table.skipped == 1
+    # The record of a newer state (another worker's, after it took the partition over) applies.
+    newer = {"n": 3, VERSION_KEY: new[VERSION_KEY] + 1}
+    table.apply_changelog_batch([record(3, "kept", newer)])
+    assert store["kept"] == newer
