@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+import warnings
 
 import pytest
 
@@ -64,9 +65,17 @@ def test_a_restarted_processor_keeps_event_time_for_its_backlog(pipeline, servic
                  60, "the backlog and five more seconds stored")
     history = pipeline.rows("SELECT previous_state, state, timestamp_us, reason FROM {db}.alarm_history FINAL "
                             "WHERE alarm_id = 'load-high' ORDER BY timestamp_us")
-    assert [(p, s) for p, s, *_ in history] == [("insufficient data", "alarm")], (
-        f"the backlog's windows were closed by wall clock (killed at {killed:.1f}, restarted at {restarted:.1f}): "
-        f"{history}")
+    if [(p, s) for p, s, *_ in history] != [("insufficient data", "alarm")]:
+        # What a failing run needs to tell (the open defect above): were the backlog's samples stored, and
+        # what did the restarted worker log about rebalances and recovery?
+        stored = pipeline.rows("SELECT intDiv(timestamp_us, 1000000) AS s, count() FROM {db}.samples "
+                               "WHERE resource_id = 'vm-1' GROUP BY s ORDER BY s")
+        log = [line for line in second.log_path.read_text().splitlines()
+               if any(w in line for w in ("generation", "Recovery", "Worker", "flush:", "alarm", "rejected"))]
+        detail = (f"killed at {killed:.1f}, restarted at {restarted:.1f}; history {history}; vm-1 samples stored "
+                  f"per second: {stored}; restarted worker's log: {log[-60:]}")
+        warnings.warn(f"test_alarm_restart: the open defect happened: {detail}", stacklevel=1)  # shown even as xfail
+        pytest.fail(detail)
     assert second.proc.poll() is None
 
 
