@@ -53,6 +53,11 @@ from typing import Any
 
 import orjson
 
+try:
+    from streams import _bridge as _native
+except ImportError:  # not built: the Python versions below do the same
+    _native = None
+
 from streams.bridge.signing import Verifier, nested_text
 from streams.codec import RejectedMessage, Sample, metadata_to_strings
 from streams.processor.normalize import Normalizer
@@ -89,7 +94,13 @@ class Limits:
 
 
 def nesting_depth(value: bytes) -> int:
-    """Deepest ``[``/``{`` nesting of ``value``, counting every bracket byte (strings included)."""
+    """Deepest ``[``/``{`` nesting of ``value``, counting every bracket byte (strings included).
+
+    The running sum of +1 per ``[``/``{`` and -1 per ``]``/``}``, at its highest
+    (so ``b"]"`` gives -1); 0 without brackets. In C (``streams._bridge``) when built.
+    """
+    if _native is not None:
+        return _native.nesting_depth(value)
     brackets = value.translate(None, _NOT_BRACKETS)
     if not brackets:
         return 0
@@ -393,16 +404,33 @@ class MetadataMemo:
     marshal form keeps ``1``, ``1.0`` and ``True`` apart, and key order, so
     values that merely compare equal never share an entry.
 
+    Making the marshal form costs about as much as the rest of a sample's
+    verification, so with the C module (``streams._bridge``) the last metadata
+    of each resource is remembered too, and a sample whose metadata is
+    ``same_json`` as it (same exact types, key order, float bits: what the
+    marshal form compares) takes its entry without a marshal form. That holds
+    whether a record lists samples instance by instance or meter by meter.
+
     Args:
-        size: metadata objects remembered; the memory is forgotten when full.
+        size: metadata objects remembered (and resources, separately); each memory is forgotten when full.
     """
 
     def __init__(self, size: int = 4096) -> None:
         self._memo: dict[bytes, tuple[str, dict[str, str]]] = {}
+        self._last: dict[str, tuple[dict, tuple[str, dict[str, str]]]] = {}
         self._size = size
 
-    def __call__(self, metadata: dict) -> tuple[str, dict[str, str]]:
-        """(:func:`~streams.bridge.signing.nested_text` of ``resource_metadata``, its strings)."""
+    def __call__(self, metadata: dict, resource_id: str | None = None) -> tuple[str, dict[str, str]]:
+        """(:func:`~streams.bridge.signing.nested_text` of ``resource_metadata``, its strings).
+
+        Args:
+            resource_id: the sample's ``resource_id`` when it is text: a hint only
+                (a wrong one costs a miss, never a wrong answer).
+        """
+        if _native is not None and type(resource_id) is str:
+            last = self._last.get(resource_id)
+            if last is not None and _native.same_json(last[0], metadata):
+                return last[1]
         key = marshal.dumps(metadata, 2)
         hit = self._memo.get(key)
         if hit is None:
@@ -410,6 +438,10 @@ class MetadataMemo:
             if len(self._memo) >= self._size:
                 self._memo.clear()
             self._memo[key] = hit
+        if _native is not None and type(resource_id) is str:
+            if len(self._last) >= self._size:
+                self._last.clear()
+            self._last[resource_id] = (metadata, hit)
         return hit
 
 
@@ -472,7 +504,7 @@ class CeilometerReader:
         metadata = msg.get("resource_metadata") if is_sample else None
         texts, strings = None, metadata_to_strings
         if type(metadata) is dict and metadata:
-            text, known = self.memo(metadata)
+            text, known = self.memo(metadata, msg.get("resource_id"))
             texts, strings = {"resource_metadata": text}, lambda _: known
         if not self.verify(msg, texts):
             if not msg.get("message_signature"):
