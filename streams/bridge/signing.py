@@ -182,6 +182,20 @@ def verify_signature(message: Mapping[str, Any], secret: str | bytes) -> bool:
         return False
 
 
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after the HMAC key pads (RFC 2104): ``(H(K ^ ipad), H(K ^ opad))``.
+
+    ``HMAC(K, m) = H(K ^ opad || H(K ^ ipad || m))``, with K hashed first when
+    longer than the 64-byte block and zero-padded to it. Copying these two
+    states per message gives :func:`hmac.new`'s digest for about half the
+    calls (``hmac.HMAC.copy`` builds a Python object per message).
+    """
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key)))
+
+
 class Verifier:
     """:func:`verify_signature` for the bridge's hot path: key pads derived once, and the text of
     nested objects remembered.
@@ -199,7 +213,8 @@ class Verifier:
 
     def __init__(self, secret: str | bytes, cache_size: int = 4096) -> None:
         key = secret.encode("utf-8") if isinstance(secret, str) else secret
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256) if key else None
+        self._keyed = key or None
+        self._pads = _hmac_pads(key) if key else None
         self.signs = bool(key)
         """False for an empty secret: nothing is really verified."""
         self._texts: dict[tuple[str, bytes], str] = {}
@@ -257,9 +272,12 @@ class Verifier:
             data = self.signed_text(message, texts)
         except (ValueError, TypeError):
             return False
-        mac = self._keyed.copy()
-        mac.update(data)
+        inner, outer = self._pads  # type: ignore[misc]
+        inner = inner.copy()
+        inner.update(data)
+        outer = outer.copy()
+        outer.update(inner.digest())
         try:
-            return hmac.compare_digest(mac.hexdigest().encode("ascii"), given.encode("ascii"))
+            return hmac.compare_digest(outer.hexdigest().encode("ascii"), given.encode("ascii"))
         except UnicodeEncodeError:
             return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import marshal
 import math
@@ -235,3 +237,48 @@ def test_the_python_writer_alone_gives_the_same_record(monkeypatch):
     monkeypatch.setattr(avro, "_native", None)
     assert SampleBatchWriter(codec).encode(batch) == with_c == codec.encode(batch)
     assert not math.isnan(codec.decode(with_c)[0]["volume"])
+
+
+def test_the_verifiers_key_pads_give_hmacs_digest():
+    rng = random.Random(2)
+    for n in (1, 5, 63, 64, 65, 200):
+        key = bytes(rng.randrange(256) for _ in range(n))
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 3000)))
+        inner, outer = signing._hmac_pads(key)
+        inner = inner.copy()
+        inner.update(data)
+        outer = outer.copy()
+        outer.update(inner.digest())
+        assert outer.hexdigest() == hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def _sample_message(rng: random.Random) -> dict:
+    msg = {"message_id": "m1", "counter_name": "cpu", "counter_type": "gauge", "counter_unit": "ns",
+           "counter_volume": 1.5, "user_id": "u", "user_name": None, "project_id": None, "project_name": "p",
+           "resource_id": "r1", "timestamp": "2025-05-01T10:00:00.123456+02:00", "monotonic_time": None,
+           "resource_metadata": {"a": 1, "b": {"c": [1, "x"]}}, "source": "openstack", "message_signature": "ab"}
+    odd = (None, "", "x", 0, 1, True, 2.5, -0.0, 2**60, 10**400, float("nan"), [], ["gauge"], {}, {"k": "v"},
+           "not a time", "2025-05-01", "delta")
+    for _ in range(rng.randrange(0, 4)):
+        key = rng.choice(list(msg))
+        if rng.random() < 0.1:
+            del msg[key]
+        else:
+            msg[key] = rng.choice(odd)
+    return msg
+
+
+def test_the_fast_path_of_normalize_sample_gives_what_the_checks_give():
+    rng = random.Random(17)
+    for _ in range(5000):
+        msg = _sample_message(rng)
+        try:
+            expected = ceilometer.checked_sample(msg)
+        except Exception as exc:  # noqa: BLE001 - whatever the checks raise, the fast path must raise too
+            with pytest.raises(type(exc)) as got:
+                ceilometer.normalize_sample(msg)
+            assert str(got.value) == str(exc)
+            continue
+        got = ceilometer.normalize_sample(msg)
+        assert list(got) == list(expected)
+        assert repr(got) == repr(expected), msg  # repr: nan == nan, and -0.0 apart from 0.0
