@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import marshal
 import operator
 from collections.abc import Callable, Mapping
@@ -59,8 +60,10 @@ except ImportError:  # not built: the Python versions below do the same
     _native = None
 
 from streams.bridge.signing import Verifier, nested_text
-from streams.codec import RejectedMessage, Sample, metadata_to_strings
+from streams.codec import RejectedMessage, Sample, clip, metadata_to_strings
 from streams.processor.normalize import Normalizer
+
+log = logging.getLogger(__name__)
 
 SAMPLE_TYPES = frozenset(("gauge", "delta", "cumulative"))
 """Ceilometer's ``counter_type`` values (``ceilometer/sample.py`` TYPES)."""
@@ -527,6 +530,15 @@ class CeilometerReader:
                 result.rejected.append((i, exc))
             except RecursionError:
                 result.rejected.append((i, RejectedMessage("limits", "too_deep", f"payload[{i}] nests too deep")))
+            except (TypeError, ValueError, OverflowError) as exc:
+                # A value no field allows that slipped past the checks: a list where a string belongs, an
+                # integer no float can hold, a lone surrogate Ceilometer could not have signed (UnicodeError).
+                result.rejected.append((i, RejectedMessage(
+                    "normalize", "bad_field", f"payload[{i}]: {type(exc).__name__}: {clip(str(exc))}")))
+            except Exception as exc:  # noqa: BLE001 - a bug costs this entry, not the bridge
+                log.exception("payload[%d] raised %s; dead-lettered", i, type(exc).__name__)
+                result.rejected.append((i, RejectedMessage(
+                    "normalize", "internal_error", f"payload[{i}]: {type(exc).__name__}: {clip(str(exc))}")))
         return result
 
     def _entry(self, i: int, msg: Any, now_us: int | None, result: ReadResult, size: int) -> None:
