@@ -196,7 +196,23 @@ def bench(records: int, bootstrap: str, base_env: dict[str, str], log_path: Path
     name = f"bench-bridge-{uuid.uuid4().hex[:8]}"
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
     source, samples_topic = f"{name}.metering.sample", f"{name}.samples"
-    create_topics(kafka, [source, samples_topic, f"{name}.dlq"])
+    topics = [source, samples_topic, f"{name}.dlq"]
+    create_topics(kafka, topics)
+    try:
+        return _bench(records, bootstrap, base_env, log_path, name, source, samples_topic)
+    finally:  # about 400 MB per run: the local broker keeps topics in memory
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(kafka.client_config())  # kept alive until the deletions are answered
+        for future in admin.delete_topics(topics, operation_timeout=30).values():
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - a leftover topic is not worth failing the figures
+                print(f"could not delete a bench topic: {exc}", file=sys.stderr)
+
+
+def _bench(records: int, bootstrap: str, base_env: dict[str, str], log_path: Path, name: str, source: str,
+           samples_topic: str) -> dict:
     values, samples = make_records(records)
     result = {"per_record": INSTANCES_PER_RECORD * len(METERS),
               "bytes_per_sample": round(sum(map(len, values)) / samples)}

@@ -11,6 +11,12 @@ same dict to every sample with equal metadata
 dict is kept alive by the memory, so an identity is never reused while
 remembered.
 
+The samples are written by ``streams._bridge.encode_samples`` (C, the same
+bytes field by field) when the module is built; a sample the C writer refuses
+is written again by :meth:`SampleBatchWriter.sample`, which gives the exact
+error it always gave (or the bytes, for input only Python's duck typing
+accepts).
+
 It writes only the schema it was built for: :class:`SampleBatchWriter`
 checks at start that the codec's current ``SampleBatch`` schema is the one
 this encoder knows (by fingerprint) and otherwise falls back to
@@ -24,6 +30,11 @@ import struct
 from collections.abc import Sequence
 
 from streams.codec import BATCH_SCHEMA, MAGIC, BatchCodec, Sample
+
+try:
+    from streams import _bridge as _native
+except ImportError:  # not built: SampleBatchWriter.sample writes every sample
+    _native = None
 
 KNOWN_FINGERPRINT = "aaf3dbb6f90fb09b"
 """Fingerprint (hex) of the ``streams.SampleBatch`` schema this writer encodes."""
@@ -126,6 +137,14 @@ class SampleBatchWriter:
         if not samples:
             body = _string(self._key_id) + _NULL
         else:
-            body = b"".join((_string(self._key_id), _long(len(samples)), *map(self.sample, samples), _NULL))
+            items = None
+            if _native is not None:
+                try:
+                    items = _native.encode_samples(samples, self._map)
+                except Exception:  # noqa: BLE001 - the Python writer below decides, with its own error
+                    items = None
+            if items is None:
+                items = b"".join(map(self.sample, samples))
+            body = b"".join((_string(self._key_id), _long(len(samples)), items, _NULL))
         unsigned = self._header + body
         return unsigned + self.codec.keyring.sign(unsigned, self._key_id)

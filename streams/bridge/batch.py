@@ -25,17 +25,20 @@ record). Its other entries go on: each is signed on its own.
 from __future__ import annotations
 
 import bisect
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.bridge.avro import SampleBatchWriter
-from streams.bridge.ceilometer import CeilometerReader
+from streams.bridge.ceilometer import CeilometerReader, ReadResult
 from streams.bridge.events import SourcedEvent
 from streams.bridge.meters import MeterDefinitions, SkippedMeter
-from streams.codec import BatchCodec, RecordLimits, RejectedMessage, Sample
+from streams.codec import BatchCodec, RecordLimits, RejectedMessage, Sample, clip
 from streams.processor.stages import dlq_headers
+
+log = logging.getLogger(__name__)
 
 ENCODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 """What encoding a sample that does not fit the schema raises (fastavro or the bridge's writer)."""
@@ -126,7 +129,13 @@ class BatchTranslator:
 
         origin: list[tuple[int, Any]] = []  # (index of the record's first sample, record)
         for rec in batch:
-            result = self.reader.read(rec.value(), now_us)
+            try:
+                result = self.reader.read(rec.value(), now_us)
+            except Exception as exc:  # noqa: BLE001 - read() handles bad input; a bug costs the record, not the bridge
+                log.exception("record %s[%d]@%d raised %s; dead-lettered", rec.topic(), rec.partition(), rec.offset(),
+                              type(exc).__name__)
+                result = ReadResult(rejected=[(-1, RejectedMessage("unwrap", "internal_error",
+                                                                   f"{type(exc).__name__}: {clip(str(exc))}"))])
             origin.append((len(samples), rec))
             samples += result.samples
             if result.events:

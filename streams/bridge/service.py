@@ -17,6 +17,10 @@ its delivery rule is a plain loop. Per batch (at most
    ``ceilometer.dlq_topic``; wait until the broker has acknowledged all;
 4. commit the batch's source offsets.
 
+Once translated, only the batch's offsets are kept (and the records of its
+dead letters), and once queued in librdkafka, only the producer's copies of
+its SampleBatch records: the peak memory is about two batches' records.
+
 Steps 2-4 of batch N run while batch N+1 is translated; at most one batch
 is being delivered, and batches are delivered and committed in order.
 
@@ -77,6 +81,14 @@ def _die(message: str) -> None:
     log.critical("%s; exiting without committing the batch", message, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_UNCOMMITTED_FAILURE)
+
+
+def commit_offsets(msgs: list) -> list[TopicPartition]:
+    """The offsets to commit once ``msgs`` are delivered: the one after the last record of each partition."""
+    last: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        last[(m.topic(), m.partition())] = m.offset()
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
 def build_translator(settings: Settings) -> BatchTranslator:
@@ -173,16 +185,20 @@ class CeilometerBridge(Service):
                 log.debug("batch of %d records: %d samples, %d events, %d dead letters; translated in %.0f ms",
                           len(good), out.samples, len(out.events), len(out.dead_letters),
                           (time.perf_counter() - started) * 1000)
+            # Keep only the offsets of the batch: its records (~50 KB each) are not needed to commit, and
+            # a dead letter holds its own record.
+            offsets, count = commit_offsets(good), len(good)
+            del good, msgs
             if pending is not None:
                 await pending
-            pending = asyncio.ensure_future(self._deliver_and_commit(out, good))
+            pending = asyncio.ensure_future(self._deliver_and_commit(out, offsets, count))
         if pending is not None:
             await pending
 
-    async def _deliver_and_commit(self, out: TranslatedBatch, msgs: list) -> None:
+    async def _deliver_and_commit(self, out: TranslatedBatch, offsets: list[TopicPartition], count: int) -> None:
         await self.deliver(out)
-        await self.commit(msgs)
-        RECORDS.inc(len(msgs))
+        await self._commit(offsets)
+        RECORDS.inc(count)
 
     async def deliver(self, out: TranslatedBatch) -> None:
         """Store the events, produce records and dead letters, and wait for the broker (exits on failure)."""
@@ -212,6 +228,7 @@ class CeilometerBridge(Service):
             log.warning("record %s[%d]@%d dead-lettered: %s", r.topic(), r.partition(), r.offset(), dead.error)
         for key, value in out.records:
             self._queue(produce, k.samples_topic, key, value, MAYBE_STORED, cb)
+        out.records.clear()  # librdkafka holds copies now: free ours while waiting for the broker
         while len(self.producer):
             self.producer.flush(30)
             if self.failed_deliveries:
@@ -229,10 +246,9 @@ class CeilometerBridge(Service):
 
     async def commit(self, msgs: list) -> None:
         """Commit the offset after the last record of each partition in ``msgs``."""
-        last: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            last[(m.topic(), m.partition())] = m.offset()
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        await self._commit(commit_offsets(msgs))
+
+    async def _commit(self, offsets: list[TopicPartition]) -> None:
         try:
             await asyncio.to_thread(self.consumer.commit, offsets=offsets, asynchronous=False)
         except KafkaException as exc:  # e.g. a rebalance: the batch is read again (repeats are dropped downstream)

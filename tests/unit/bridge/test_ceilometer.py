@@ -212,3 +212,49 @@ def test_orjson_reads_fast_and_python_json_decides_what_it_cannot():
     tampered["resource_metadata"] = {**tampered["resource_metadata"], "cpu_number": 2}
     [(_, err)] = r.read(envelope([tampered]), NOW_US).rejected
     assert err.reason == "bad_signature"
+
+
+def test_values_that_raised_inside_the_reader_are_refused_and_the_other_entries_pass():
+    """Inputs that used to raise out of read() (and stop the bridge): each costs its own entry only."""
+    good = signed(captured_payload()[0])
+    surrogate = {**captured_payload()[0], "resource_metadata": {"sg": ["\ud800"]}, "message_signature": "00"}
+    list_type = signed({**captured_payload()[0], "counter_type": ["gauge"]})
+    huge_int = signed({**captured_payload()[0], "monotonic_time": 10**400})
+    result = reader().read(envelope([surrogate, list_type, huge_int, good]), NOW_US)
+    assert [(i, e.stage, e.reason) for i, e in result.rejected] == [
+        (0, "normalize", "bad_field"), (1, "normalize", "bad_field"), (2, "normalize", "bad_field")]
+    assert "UnicodeEncodeError" in result.rejected[0][1].detail and "OverflowError" in result.rejected[2][1].detail
+    assert len(result.samples) == 1
+
+
+def test_a_bug_in_reading_costs_the_record_not_the_batch(monkeypatch):
+    from streams.bridge.batch import BatchTranslator
+    from streams.bridge.meters import load_meters
+    from streams.codec import BatchCodec
+    from streams.signing import Keyring
+
+    class Rec:
+        def __init__(self, value: bytes) -> None:
+            self._v = value
+
+        def value(self) -> bytes:
+            return self._v
+
+        def topic(self) -> str:
+            return "metering.sample"
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return 7
+
+    r = reader()
+    translator = BatchTranslator(r, load_meters(), BatchCodec(Keyring({"k": b"k" * 16}, "k")))
+    real = r.read
+    monkeypatch.setattr(r, "read", lambda v, now=None: (_ for _ in ()).throw(RuntimeError("boom")) if v == b"x"
+                        else real(v, now))
+    out = translator.translate([Rec(b"x"), Rec(envelope([signed(captured_payload()[0])]))], NOW_US)
+    [letter] = out.dead_letters
+    assert (letter.error.stage, letter.error.reason) == ("unwrap", "internal_error")
+    assert out.samples == 1
