@@ -55,6 +55,7 @@ from time import monotonic
 from typing import Any
 
 import faust
+from aiokafka.structs import TopicPartition
 from faust.sensors.monitor import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as _aiokafka
@@ -119,6 +120,49 @@ class Consumer(_aiokafka.Consumer):
     """``time.monotonic()`` when the last ``getmany`` round completed (with records or after its timeout);
     stale while the drain waits for room in the intake. With the intake's per-partition arrival times it
     tells a partition that is fetched and has nothing from one that is not being fetched."""
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        """Faust's ``Consumer._wait_next_records``, except that aiokafka is asked for a copy of the active
+        partitions, taken when the fetch starts.
+
+        Faust passes its live set, which the rebalance and recovery code mutate while the fetch waits: when
+        table recovery finished reading the changelog it paused those partitions and left the set empty, and
+        aiokafka's ``fetched_records`` reads an empty set as "every partition". The fetch then returned the
+        samples records aiokafka had prefetched, Faust's ``getmany`` dropped them (their partitions were not
+        active yet) after aiokafka had counted them consumed, and with no committed offset nothing seeked
+        back: a restarted worker skipped its whole backlog (``tests/integration/test_alarm_restart.py``,
+        about 1 run in 20 under load).
+        """
+        if not self.flow_active:
+            await self.wait(self.can_resume_flow)
+        try:
+            self.not_waiting_next_records.set()
+            if self.app.client_only:
+                return await self._getmany(active_partitions=None, timeout=timeout), None
+            active = self._get_active_partitions()
+            requested = set(active)
+            if not requested:
+                await self.sleep(1)  # nothing to fetch; still yield to the event loop
+                return {}, active
+            return await self._getmany(active_partitions=requested, timeout=timeout), active
+        finally:
+            self.not_waiting_next_records.set()
+
+    async def seek_to_committed(self) -> Any:
+        """Seek every partition to its committed offset, and the samples partitions without one to the
+        beginning (``auto_offset_reset=earliest``, what their position was when assigned).
+
+        aiokafka's ``seek_to_committed`` leaves a partition without a committed offset where it is. Records
+        fetched there and dropped at a rebalance (Faust drops what a suspended flow or a paused partition
+        gets) were then never read again; with the seek they are, and the sink recognises what was stored.
+        """
+        committed = await super().seek_to_committed()
+        fresh = [TopicPartition(tp.topic, tp.partition) for tp, offset in committed.items()
+                 if tp.topic in self.intake_topics and not offset]
+        if fresh:
+            consumer = self._thread._ensure_consumer()
+            await self._thread.call_thread(consumer.seek_to_beginning, *fresh)
+        return committed
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)

@@ -129,3 +129,78 @@ def test_handoff_that_would_block_is_abandoned_when_the_flow_is_suspended_meanwh
 
     asyncio.run(main())
 
+
+
+# -- fetching: a copy of the active partitions; uncommitted samples partitions seek to the beginning --
+
+
+class _App:
+    client_only = False
+
+
+def fetching_consumer(active: set) -> Consumer:
+    consumer = bare_consumer()
+    consumer.app = _App()
+    consumer.flow_active = True
+    consumer.not_waiting_next_records = Event()
+    consumer._active_partitions = active
+    return consumer
+
+
+def test_aiokafka_is_asked_for_the_partitions_active_when_the_fetch_starts():
+    """Table recovery pauses the changelog partitions while a fetch waits, leaving Faust's live set empty;
+    aiokafka reads an empty set as every partition (its prefetched samples records came back and were
+    dropped). The fetch keeps the partitions it was started with."""
+    changelog = TP("app-resource-state-changelog", 2)
+
+    async def main():
+        live = {changelog}
+        consumer = fetching_consumer(live)
+        asked = []
+
+        async def getmany(active_partitions, timeout):
+            asked.append(active_partitions)
+            live.discard(changelog)  # recovery is done meanwhile: the changelog partition is paused
+            return {changelog: ["r"]}
+
+        consumer._getmany = getmany
+        records, active = await consumer._wait_next_records(0.1)
+        assert asked == [{changelog}] and asked[0] is not live  # a copy: still names the partition
+        assert records == {changelog: ["r"]} and active is live  # Faust's filter reads the live set
+
+        asked.clear()
+        consumer.sleep = lambda s: asyncio.sleep(0)
+        assert await consumer._wait_next_records(0.1) == ({}, live) and asked == []  # nothing active: no fetch
+
+    asyncio.run(main())
+
+
+def test_samples_partitions_without_a_committed_offset_seek_to_the_beginning():
+    from aiokafka.structs import TopicPartition
+
+    samples0, samples1, changelog = (TopicPartition("s", 0), TopicPartition("s", 1),
+                                     TopicPartition("app-resource-state-changelog", 0))
+
+    class Thread:
+        sought = []
+
+        async def seek_to_committed(self):
+            return {samples0: None, samples1: 12, changelog: None}
+
+        def _ensure_consumer(self):
+            return self
+
+        async def seek_to_beginning(self, *tps):
+            self.sought.extend(tps)
+
+        async def call_thread(self, fun, *args):
+            return await fun(*args)
+
+    async def main():
+        consumer = bare_consumer()
+        consumer._thread = Thread()
+        consumer.intake_topics = frozenset({"s"})
+        assert await consumer.seek_to_committed() == {samples0: None, samples1: 12, changelog: None}
+        assert Thread.sought == [samples0]  # not the committed one; changelogs are recovery's business
+
+    asyncio.run(main())
