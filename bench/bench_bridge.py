@@ -201,14 +201,10 @@ def bench(records: int, bootstrap: str, base_env: dict[str, str], log_path: Path
     try:
         return _bench(records, bootstrap, base_env, log_path, name, source, samples_topic)
     finally:  # about 400 MB per run: the local broker keeps topics in memory
-        from confluent_kafka.admin import AdminClient
+        from streams.topics import delete_topics
 
-        admin = AdminClient(kafka.client_config())  # kept alive until the deletions are answered
-        for future in admin.delete_topics(topics, operation_timeout=30).values():
-            try:
-                future.result()
-            except Exception as exc:  # noqa: BLE001 - a leftover topic is not worth failing the figures
-                print(f"could not delete a bench topic: {exc}", file=sys.stderr)
+        for failure in delete_topics(kafka, topics):
+            print(f"could not delete a bench topic: {failure}", file=sys.stderr)
 
 
 def _bench(records: int, bootstrap: str, base_env: dict[str, str], log_path: Path, name: str, source: str,

@@ -54,7 +54,7 @@ from streams.publisher import KafkaPublisher  # noqa: E402
 from streams.signing import Keyring  # noqa: E402
 from streams.storage.clickhouse import connect  # noqa: E402
 from streams.storage.migrations import migrate  # noqa: E402
-from streams.topics import create_topics  # noqa: E402
+from streams.topics import create_topics, delete_topics  # noqa: E402
 
 KEYS = {"bench": "bench-secret"}
 PER_RECORD = 7
@@ -425,6 +425,10 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"== written to {args.out}")
+    # The local broker keeps every topic in memory: the pre-loaded samples are a few hundred MB. (The
+    # alarm topics keep their shared names: not this run's to delete.)
+    for failure in delete_topics(settings.kafka, [settings.kafka.samples_topic, settings.kafka.dlq_topic]):
+        print(f"could not delete a bench topic: {failure}", file=sys.stderr)
 
 
 if __name__ == "__main__":

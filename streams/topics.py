@@ -62,6 +62,22 @@ def create_topics(settings: KafkaSettings, names: list[str] | None = None,
     return result
 
 
+def delete_topics(settings: KafkaSettings, names: list[str], timeout: float = 30.0) -> list[str]:
+    """Delete ``names`` (benchmarks: the local broker keeps every topic in memory).
+
+    Returns:
+        the topics that could not be deleted, with the broker's reason (nothing is raised).
+    """
+    client = admin(settings)  # kept alive until the deletions are answered
+    failed = []
+    for name, future in client.delete_topics(names, operation_timeout=timeout).items():
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            failed.append(f"{name}: {exc}")
+    return failed
+
+
 def describe_topics(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, int]:
     """Topic name -> partition count, for every topic on the cluster."""
     md = admin(settings).list_topics(timeout=timeout)

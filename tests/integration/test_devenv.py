@@ -153,3 +153,17 @@ def test_a_server_that_exits_or_never_answers_fails_the_start_naming_its_log(tmp
     import psutil
 
     assert not [p for p in psutil.process_iter(["cmdline"]) if f"{svc.workdir}/marker" in (p.info["cmdline"] or [])]
+
+
+def test_topics_are_created_and_deleted(addrs):
+    from streams.config import KafkaSettings
+    from streams.topics import create_topics, delete_topics, describe_topics
+
+    kafka = KafkaSettings(bootstrap_servers=addrs["kafka"])
+    name = f"del-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka, [name], partitions=2)
+    assert describe_topics(kafka)[name] == 2
+    assert delete_topics(kafka, [name]) == []
+    assert name not in describe_topics(kafka)
+    [failure] = delete_topics(kafka, [name])  # gone: reported, not raised
+    assert failure.startswith(f"{name}: ")
