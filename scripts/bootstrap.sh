@@ -93,7 +93,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     rm -f "$STAMP"
 fi
 
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# Also when a C source changed (streams/*.c), so that an existing checkout rebuilds its extensions.
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ -n "$(find streams -name '*.c' -newer "$STAMP")" ]; then
     say "pip install -e '.[dev]' into .venv (may take a minute)"
     quiet "$VENV/bin/pip" install --disable-pip-version-check -q -e '.[dev]'
     touch "$STAMP"
