@@ -1,5 +1,6 @@
 /*
- * streams._bridge: the Ceilometer bridge's per-sample hot path in C (streams/bridge/).
+ * streams._bridge: the Ceilometer bridge's per-sample hot path in C (streams/bridge/); its sample
+ * writer is also the pollers' (streams.codec.BatchCodec.encode).
  *
  * Every function here has a pure-Python twin in streams/bridge/ that defines the rule; this module
  * only makes it cheaper, and the unit tests (tests/unit/bridge/test_native.py) check that both give
@@ -35,6 +36,11 @@
  *   map_of(metadata) (bytes), or the empty map when it is missing or empty. Raises (KeyError,
  *   TypeError, ValueError, OverflowError) on a sample it cannot write; the caller then encodes in
  *   Python, which raises the exact error the Python writer gives.
+ *   With map_of None (streams.codec.BatchCodec.encode, the pollers' publisher), it writes exactly
+ *   what fastavro writes for the schema: resource_metadata is written here, from an exact dict of
+ *   str to str, and the empty map only when the key is missing (its schema default); a sample with
+ *   anything fastavro might treat otherwise (subclasses, None metadata, bools as numbers) raises,
+ *   and the caller encodes it with fastavro, which gives fastavro's bytes or error.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -377,6 +383,34 @@ static int put_optional_string(Buf *b, PyObject *s, PyObject *key) {
     return put_string(b, v);
 }
 
+/* An Avro map<string> from an exact dict of exact str to exact str: one block of every entry, then the
+   empty block (as fastavro writes it); the empty map is the empty block alone. TypeError otherwise. */
+static int put_map(Buf *b, PyObject *m) {
+    if (!PyDict_CheckExact(m)) {
+        PyErr_Format(PyExc_TypeError, "resource_metadata must be a dict, got %.100s", Py_TYPE(m)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PyDict_GET_SIZE(m);
+    if (n > 0) {
+        if (put_long(b, n) < 0) return -1;
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(m, &pos, &key, &value)) {
+            if (put_string(b, key) < 0 || put_string(b, value) < 0) return -1;
+        }
+    }
+    return buf_byte(b, 0x00);
+}
+
+/* The fields after resource_metadata: source (default "streams" when missing) and message_signature. */
+static int put_tail(Buf *b, PyObject *s) {
+    int err = 0;
+    PyObject *v = optional(s, S_SOURCE, &err);
+    if (err) return -1;
+    if (put_string(b, v == NULL ? S_STREAMS : v) < 0) return -1;
+    return put_optional_string(b, s, S_MESSAGE_SIGNATURE);
+}
+
 static int put_sample(Buf *b, PyObject *s, PyObject *map_of) {
     if (!PyDict_CheckExact(s)) {
         PyErr_SetString(PyExc_TypeError, "a sample must be a dict");
@@ -425,6 +459,11 @@ static int put_sample(Buf *b, PyObject *s, PyObject *map_of) {
     }
     v = optional(s, S_RESOURCE_METADATA, &err);
     if (err) return -1;
+    if (map_of == Py_None) {
+        if (v == NULL) return buf_byte(b, 0x00) < 0 ? -1 : put_tail(b, s);
+        if (put_map(b, v) < 0) return -1;
+        return put_tail(b, s);
+    }
     int truthy = v == NULL ? 0 : PyObject_IsTrue(v);
     if (truthy < 0) return -1;
     if (!truthy) {
@@ -441,10 +480,7 @@ static int put_sample(Buf *b, PyObject *s, PyObject *map_of) {
         Py_DECREF(data);
         if (rc < 0) return -1;
     }
-    v = optional(s, S_SOURCE, &err);
-    if (err) return -1;
-    if (put_string(b, v == NULL ? S_STREAMS : v) < 0) return -1;
-    return put_optional_string(b, s, S_MESSAGE_SIGNATURE);
+    return put_tail(b, s);
 }
 
 static PyObject *encode_samples(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -481,7 +517,8 @@ static PyMethodDef methods[] = {
      "same_json(a, b) -> bool: the same JSON value, exact types, key order and float bits."},
     {"nesting_depth", nesting_depth, METH_O, "nesting_depth(data: bytes) -> int: deepest bracket nesting."},
     {"encode_samples", (PyCFunction)(void (*)(void))encode_samples, METH_FASTCALL,
-     "encode_samples(samples, map_of) -> bytes: Avro binary of each streams.Sample, concatenated."},
+     "encode_samples(samples, map_of) -> bytes: Avro binary of each streams.Sample, concatenated "
+     "(map_of None: maps written in C, fastavro's bytes)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 
@@ -53,6 +54,26 @@ def make_test_sample(**overrides) -> Sample:
     }
     s.update(overrides)  # type: ignore[typeddict-item]
     return s
+
+
+def _fuzzed_text(rng: random.Random) -> str:
+    alphabet = "aZ09 _-:/.é☕\u0000\U0001F600"
+    return "".join(rng.choices(alphabet, k=rng.choice((0, 1, 5, 63, 64, 200, 5000))))
+
+
+def fuzzed_sample(rng: random.Random, shared: dict) -> Sample:
+    """A valid sample with awkward values in every field (empty, long and non-ASCII text, NaN,
+    infinities, -0.0, varint boundaries); ``resource_metadata`` is sometimes ``shared`` itself."""
+    text = _fuzzed_text
+    return make_test_sample(
+        message_id=text(rng) or "m", name=text(rng), type=rng.choice(("gauge", "delta", "cumulative")),
+        unit=text(rng), volume=rng.choice((0.0, -0.0, 1e300, -2.5, float("inf"), float("nan"), 3.0)),
+        user_id=rng.choice((None, text(rng))), user_name=rng.choice((None, "")),
+        project_id=rng.choice((None, text(rng))), project_name=rng.choice((None, text(rng))),
+        resource_id=text(rng), timestamp=rng.choice((0, 1, 63, 64, -1, 2**62, 1_748_779_200_123_456)),
+        monotonic_time=rng.choice((None, 0.5, 12345.678)),
+        resource_metadata=rng.choice((shared, {}, {text(rng): text(rng) for _ in range(rng.randrange(0, 70))})),
+        source=text(rng), message_signature=rng.choice((None, "", "ab" * 32)))
 
 
 @pytest.fixture

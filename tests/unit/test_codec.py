@@ -2,21 +2,25 @@ import io
 import json
 import random
 import string
+from collections import OrderedDict
 
 import fastavro
 import pytest
 from fastavro.schema import fingerprint
 
+from streams import codec as codec_module
 from streams.codec import (
     HEADER_SIZE,
     MAGIC,
     BatchCodec,
     RejectedMessage,
     SchemaStore,
+    SignedCodec,
     group_by_resource,
     metadata_to_strings,
 )
 from streams.signing import SIGNATURE_SIZE, Keyring
+from tests.conftest import fuzzed_sample, make_test_sample
 
 
 def test_round_trip_keeps_every_field(codec, sample_factory):
@@ -188,3 +192,79 @@ def test_fast_decoder_matches_fastavro_on_fuzzed_batches(codec):
         record = codec.encode(samples)
         reference = fastavro.schemaless_reader(io.BytesIO(record[HEADER_SIZE:]), codec._schema.parsed, None)
         assert codec.decode(record) == reference["samples"]
+
+
+def _outcome(encode, samples):
+    """The bytes ``encode`` gives, or the type of the error it raises."""
+    try:
+        return encode(samples)
+    except Exception as exc:  # noqa: BLE001 - the error type is the outcome compared
+        return type(exc)
+
+
+def test_encode_gives_fastavros_bytes_on_fuzzed_batches(codec):
+    """BatchCodec.encode writes with C; fastavro (SignedCodec.encode) is the reference, byte for byte."""
+    assert codec._native is not None  # the C writer is built and used for the current schema
+    rng = random.Random(5)
+    shared = {f"k{i}": "v" * i for i in range(30)}
+    for _ in range(80):
+        batch = [fuzzed_sample(rng, shared) for _ in range(rng.choice((1, 2, 7)))]
+        for s in batch:
+            if rng.random() < 0.2:  # ints where the schema has doubles; optional fields left out
+                s["volume"] = rng.choice((3, -(2**60)))
+                s["monotonic_time"] = rng.choice((None, 7))
+            for key in ("user_id", "monotonic_time", "resource_metadata", "source", "message_signature"):
+                if rng.random() < 0.1:
+                    del s[key]
+        record = codec.encode(batch)
+        assert record == SignedCodec.encode(codec, batch)
+        if len(record) <= codec.limits.record_bytes:
+            assert len(codec.decode(record)) == len(batch)
+        assert codec.encode(batch, "k-old") == SignedCodec.encode(codec, batch, "k-old")
+
+
+@pytest.mark.parametrize("change", [
+    {"type": "bogus"}, {"type": None}, {"name": None}, {"name": 5}, {"volume": "1"}, {"volume": True},
+    {"volume": 2**1100}, {"timestamp": 1.5}, {"timestamp": 2**70}, {"timestamp": True}, {"user_id": 5},
+    {"resource_id": "\ud800"}, {"source": None}, {"resource_metadata": None}, {"resource_metadata": ["x"]},
+    {"resource_metadata": {"a": 1}}, {"resource_metadata": {1: "a"}}, {"resource_metadata": {"a": "\ud800"}},
+    {"resource_metadata": OrderedDict(a="b")}, {"monotonic_time": "1"}, {"monotonic_time": False},
+    {"message_signature": b"ab"},
+])
+def test_a_sample_the_c_writer_refuses_gets_fastavros_bytes_or_error(codec, change):
+    s = {**make_test_sample(), **change}
+    outcome = _outcome(codec.encode, [s])
+    assert outcome == _outcome(lambda b: SignedCodec.encode(codec, b), [s])
+
+
+def test_samples_of_any_sequence_or_iterable_encode_as_before(codec):
+    batch = [make_test_sample(), make_test_sample(resource_metadata={})]
+    reference = SignedCodec.encode(codec, batch)
+    assert codec.encode(tuple(batch)) == reference
+    assert codec.encode(iter(batch)) == reference  # fastavro takes any iterable
+    assert codec.encode([]) == SignedCodec.encode(codec, [])
+    assert codec.encode([OrderedDict(batch[0])]) == SignedCodec.encode(codec, [batch[0]])
+
+
+def test_plain_samples_never_reach_fastavro(codec, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("fastavro was asked to write")
+
+    monkeypatch.setattr(fastavro, "schemaless_writer", refuse)
+    record = codec.encode([make_test_sample(), make_test_sample(resource_metadata={}, volume=2)])
+    assert len(codec.decode(record)) == 2
+
+
+def test_without_the_c_module_encode_is_fastavros(codec, monkeypatch):
+    batch = [make_test_sample(), make_test_sample(volume=1)]
+    with_c = codec.encode(batch)
+    monkeypatch.setattr(codec_module, "_native", None)
+    assert BatchCodec(codec.keyring).encode(batch) == with_c
+
+
+def test_another_batch_schema_is_written_by_fastavro(codec, monkeypatch):
+    monkeypatch.setattr(codec_module, "WRITER_FINGERPRINT", "0" * 16)
+    other = BatchCodec(codec.keyring)
+    assert other._native is None
+    batch = [make_test_sample()]
+    assert other.encode(batch) == codec.encode(batch)

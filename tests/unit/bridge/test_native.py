@@ -17,11 +17,11 @@ from streams.bridge import avro, ceilometer, signing
 from streams.bridge.avro import SampleBatchWriter
 from streams.bridge.ceilometer import MetadataMemo, nesting_depth
 from streams.bridge.signing import SIGNATURE_KEY, Verifier, nested_text, signed_text
-from streams.codec import BatchCodec
+from streams.codec import BatchCodec, SignedCodec
 from streams.signing import Keyring
+from tests.conftest import fuzzed_sample as fuzzed
 from tests.conftest import make_test_sample
 from tests.unit.bridge.conftest import DATA, SECRET, payload_messages
-from tests.unit.bridge.test_avro import fuzzed
 
 native = importlib.import_module("streams._bridge")  # built by pip install -e . (scripts/bootstrap.sh); never skipped
 
@@ -192,7 +192,7 @@ def test_c_samples_are_the_python_writers_bytes():
             if rng.random() < 0.1:
                 del s["source"]
         assert native.encode_samples(batch, writer._map) == b"".join(map(writer.sample, batch))
-        assert writer.encode(batch) == codec.encode(batch)
+        assert writer.encode(batch) == SignedCodec.encode(codec, batch)
 
 
 @pytest.mark.parametrize("change", [
@@ -230,7 +230,7 @@ def test_the_python_writer_alone_gives_the_same_record(monkeypatch):
     batch = [make_test_sample(volume=2.5, resource_metadata={"a": "b"}) for _ in range(3)]
     with_c = SampleBatchWriter(codec).encode(batch)
     monkeypatch.setattr(avro, "_native", None)
-    assert SampleBatchWriter(codec).encode(batch) == with_c == codec.encode(batch)
+    assert SampleBatchWriter(codec).encode(batch) == with_c == SignedCodec.encode(codec, batch)
     assert not math.isnan(codec.decode(with_c)[0]["volume"])
 
 
