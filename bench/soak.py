@@ -8,8 +8,10 @@ seconds it samples:
 
 * the processor's and the notifier's RSS (MiB);
 * the processor's consumer lag (records: high watermark minus committed offset, summed over partitions);
-* produce -> row visible, p99 over the interval (ms): one record in ten is a probe, whose rows are
-  looked for every 100 ms, oldest first (all of them: a backlog's probes are found late, not lost);
+* produce -> row visible, p99 over the interval (ms): one record in ten is a probe, of one of 16
+  probe resources, whose rows are looked for every 100 ms by the table's sorting key (probe
+  resources, timestamps since the oldest probe not yet seen: a backlog's probes are found late, not
+  lost, and the query reads a few granules however large the table grows);
   also the age of the oldest probe not yet visible, which a growing backlog shows at once;
 * records and probes the generator produced in the interval (it runs in this process: a stalled
   generator shows here, not as missing probes);
@@ -57,8 +59,12 @@ METERS = [("cpu", "cumulative", "ns"), ("cpu_util", "gauge", "%"), ("memory.usag
           ("network.incoming.bytes", "cumulative", "B"), ("network.outgoing.bytes", "cumulative", "B")]
 
 
+PROBE_RESOURCES = tuple(f"soak-probe-{k}" for k in range(16))
+"""The resources of the probe records (one record in ten), spread over the partitions by key."""
+
+
 def record(i: int, resources: int) -> list[dict]:
-    rid = f"soak-host-{i % resources}"
+    rid = PROBE_RESOURCES[(i // 10) % len(PROBE_RESOURCES)] if i % 10 == 0 else f"soak-host-{i % resources}"
     now = time.time_ns() // 1000
     return [{"message_id": uuid.uuid4().hex, "name": m, "type": t, "unit": u,
              "volume": float((i // resources) * 1e9 if m == "cpu" else (i * 7 + j) % 97), "user_id": None,
@@ -76,7 +82,7 @@ class Generator(threading.Thread):
         self.per_s = rate / len(METERS)
         self.resources = resources
         self.stop = threading.Event()
-        self.probes: dict[str, float] = {}
+        self.probes: dict[str, tuple[float, int]] = {}  # message_id -> (send time, sample timestamp µs)
         self.lock = threading.Lock()
         self.produced = 0  # records
         self.probes_made = 0
@@ -91,7 +97,7 @@ class Generator(threading.Thread):
             samples = record(i, self.resources)
             if i % 10 == 0:
                 with self.lock:
-                    self.probes[samples[0]["message_id"]] = time.time()
+                    self.probes[samples[0]["message_id"]] = (time.time(), samples[0]["timestamp"])
                     self.probes_made += 1
             self.pub.publish(samples)
             self.pub.poll(0)
@@ -170,7 +176,6 @@ def main() -> None:
     gen = Generator(settings, args.rate, args.resources)
     gen.start()
     series = []
-    seen: dict[str, float] = {}
     end = time.time() + args.minutes * 60
 
     def cpu_times() -> dict[str, float]:
@@ -191,17 +196,19 @@ def main() -> None:
             lats: list[float] = []
             while time.time() < window_end:
                 with gen.lock:
-                    pending = [m for m in gen.probes if m not in seen][:5000]  # oldest first
-                for chunk in range(0, len(pending), 1000):
-                    rows = ch.execute(f"SELECT message_id FROM {name}.samples WHERE message_id IN %(ids)s",
-                                      {"ids": tuple(pending[chunk:chunk + 1000])})
+                    oldest = next(iter(gen.probes.values()), None)
+                if oldest is not None:
+                    # The probes' rows since the oldest probe not yet seen: (name, resource_id, timestamp_us)
+                    # is the table's sorting key, so this reads a few granules, whatever the table's size.
+                    rows = ch.execute(f"SELECT message_id FROM {name}.samples WHERE name = 'cpu' "
+                                      "AND resource_id IN %(probes)s AND timestamp_us >= %(since)s",
+                                      {"probes": PROBE_RESOURCES, "since": oldest[1]})
                     now = time.time()
                     with gen.lock:
                         for (mid,) in rows:
-                            seen[mid] = now
-                            lats.append((now - gen.probes.pop(mid)) * 1000)
-                    if len(rows) < 1000 // 2:
-                        break  # the rest is newer still: not visible either
+                            sent = gen.probes.pop(mid, None)
+                            if sent is not None:
+                                lats.append((now - sent[0]) * 1000)
                 time.sleep(0.1)
             for p in (processor, notifier):
                 if p.poll() is not None:
@@ -216,12 +223,11 @@ def main() -> None:
                 oldest = next(iter(gen.probes.values()), None)
             elapsed, cpu_end = time.time() - window_start, cpu_times()
             point.update({
-                "oldest_unseen_s": round(time.time() - oldest, 1) if oldest is not None else 0.0,
+                "oldest_unseen_s": round(time.time() - oldest[0], 1) if oldest is not None else 0.0,
                 "records_made": gen.produced - made_start, "probes_made": gen.probes_made - probes_start,
                 "cpu_cores": {k: round((cpu_end[k] - cpu_start[k]) / elapsed, 2) for k in watched}})
             series.append(point)
             print(json.dumps(point), flush=True)
-            seen.clear()
     finally:
         gen.stop.set()
         gen.join(60)
