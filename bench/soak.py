@@ -21,7 +21,8 @@ seconds it samples:
 
 At the end it prints the series and a verdict: RSS flat (the last third's mean within 10 % of the
 middle third's), lag flat (the last third's mean no higher than the middle third's plus one
-second of load), p99 under ``--p99-goal`` ms in every interval after the first. Not part of CI.
+second of load), p99 under ``--p99-goal`` ms in every interval after the first; it exits 1 unless all
+three hold. Not part of CI.
 
 Usage: ``python bench/soak.py [--minutes 30] [--rate 10000]``.
 """
@@ -250,6 +251,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print("== verdict:", json.dumps(verdict))
     ch.execute(f"DROP DATABASE IF EXISTS {name}")
+    if not verdict["ok"]:
+        sys.exit(1)  # make soak fails with the verdict
 
 
 if __name__ == "__main__":
