@@ -459,9 +459,8 @@ static int put_sample(Buf *b, PyObject *s, PyObject *map_of) {
     }
     v = optional(s, S_RESOURCE_METADATA, &err);
     if (err) return -1;
-    if (map_of == Py_None) {
-        if (v == NULL) return buf_byte(b, 0x00) < 0 ? -1 : put_tail(b, s);
-        if (put_map(b, v) < 0) return -1;
+    if (map_of == Py_None) { /* fastavro's rule: the schema default {} only when the key is missing */
+        if ((v == NULL ? buf_byte(b, 0x00) : put_map(b, v)) < 0) return -1;
         return put_tail(b, s);
     }
     int truthy = v == NULL ? 0 : PyObject_IsTrue(v);

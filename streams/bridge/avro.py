@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from streams.codec import BATCH_SCHEMA, MAGIC, WRITER_FINGERPRINT, BatchCodec, Sample, avro_long, avro_string
+from streams.codec import BATCH_SCHEMA, WRITER_FINGERPRINT, BatchCodec, Sample, avro_long, avro_string
 
 try:
     from streams import _bridge as _native
@@ -40,22 +40,20 @@ _TYPES = {"gauge": b"\x00", "delta": b"\x02", "cumulative": b"\x04"}  # enum ind
 _DOUBLE = struct.Struct("<d").pack
 _NULL = b"\x00"
 _SOME = b"\x02"  # union branch 1 as zig-zag varint
-_long = avro_long
-_string = avro_string
 
 
 def _optional_string(text: str | None) -> bytes:
-    return _NULL if text is None else _SOME + _string(text)
+    return _NULL if text is None else _SOME + avro_string(text)
 
 
 def encode_map(metadata: dict[str, str]) -> bytes:
     """An Avro ``map<string>``: one block of all entries, then the empty block."""
     if not metadata:
         return _NULL
-    parts = [_long(len(metadata))]
+    parts = [avro_long(len(metadata))]
     for k, v in metadata.items():
-        parts.append(_string(k))
-        parts.append(_string(v))
+        parts.append(avro_string(k))
+        parts.append(avro_string(v))
     parts.append(_NULL)
     return b"".join(parts)
 
@@ -72,7 +70,6 @@ class SampleBatchWriter:
         self.codec = codec
         batch = codec.store[BATCH_SCHEMA]
         self.fast = batch.fingerprint.hex() == WRITER_FINGERPRINT
-        self._header = MAGIC + batch.fingerprint
         self._key_id = codec.keyring.active
         self._maps: dict[int, tuple[dict, bytes]] = {}
         self._memory = memory
@@ -96,12 +93,12 @@ class SampleBatchWriter:
         """
         mono = s.get("monotonic_time")
         return b"".join((
-            _string(s["message_id"]), _string(s["name"]), _TYPES[s["type"]], _string(s["unit"]),
+            avro_string(s["message_id"]), avro_string(s["name"]), _TYPES[s["type"]], avro_string(s["unit"]),
             _DOUBLE(s["volume"]), _optional_string(s.get("user_id")), _optional_string(s.get("user_name")),
             _optional_string(s.get("project_id")), _optional_string(s.get("project_name")),
-            _string(s["resource_id"]), _long(s["timestamp"]),
+            avro_string(s["resource_id"]), avro_long(s["timestamp"]),
             _NULL if mono is None else _SOME + _DOUBLE(mono),
-            self._map(s.get("resource_metadata") or {}), _string(s.get("source", "streams")),
+            self._map(s.get("resource_metadata") or {}), avro_string(s.get("source", "streams")),
             _optional_string(s.get("message_signature")),
         ))
 
@@ -113,17 +110,12 @@ class SampleBatchWriter:
         """
         if not self.fast:
             return self.codec.encode(samples)
-        if not samples:
-            body = _string(self._key_id) + _NULL
-        else:
-            items = None
-            if _native is not None:
-                try:
-                    items = _native.encode_samples(samples, self._map)
-                except Exception:  # noqa: BLE001 - the Python writer below decides, with its own error
-                    items = None
-            if items is None:
-                items = b"".join(map(self.sample, samples))
-            body = b"".join((_string(self._key_id), _long(len(samples)), items, _NULL))
-        unsigned = self._header + body
-        return unsigned + self.codec.keyring.sign(unsigned, self._key_id)
+        items = None
+        if samples and _native is not None:
+            try:
+                items = _native.encode_samples(samples, self._map)
+            except Exception:  # noqa: BLE001 - the Python writer below decides, with its own error
+                items = None
+        if items is None:
+            items = b"".join(map(self.sample, samples))
+        return self.codec.record_of_items(items, len(samples), self._key_id)
