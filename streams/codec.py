@@ -436,6 +436,12 @@ class BatchCodec(SignedCodec):
             items: the samples' Avro binary encoding, concatenated (``b""`` when ``count`` is 0).
             count: how many samples ``items`` holds.
             key_id: signing key (default: the keyring's active key).
+
+        Returns:
+            the record bytes: header, body, and a 32-byte HMAC-SHA256 trailer.
+
+        Raises:
+            KeyError: ``key_id`` is not in the keyring.
         """
         key_id = key_id or self.keyring.active
         body = (avro_string(key_id), avro_long(count), items, b"\x00") if count else (avro_string(key_id), b"\x00")
