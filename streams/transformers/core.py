@@ -36,6 +36,9 @@ from streams.transformers.expression import Expression, ExpressionError
 
 SAMPLE_TYPES = ("gauge", "delta", "cumulative")
 
+_MEMO_ENTRIES = 4096
+"""Most (name, unit) pairs and mapped values one transformer remembers; past that it computes them each time."""
+
 
 def _mapping(params: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     value = params.get(key) or {}
@@ -103,24 +106,41 @@ class _Target:
             for field in map_from
             if field in ("name", "unit")
         }
+        self._fixed = {field: getattr(self, field) for field in ("name", "unit", "type")
+                       if getattr(self, field) is not None}
+        # Both are pure functions of a few strings (meter names and units, a handful per pipeline):
+        # remembered, they cost a dict lookup instead of regex searches and template expansions.
+        self._accepted: dict[tuple[str, str], bool] = {}
+        self._mapped: dict[tuple[str, str], str] = {}
 
     def changes(self, sample: Sample, volume: float) -> dict[str, Any]:
-        """The fields of the derived sample."""
-        out: dict[str, Any] = {"volume": volume}
-        for field in ("name", "unit", "type"):
-            value = getattr(self, field)
-            if value is not None:
-                out[field] = value
+        """The fields of the derived sample: ``volume``, the target's name, unit and type, and the
+        ``map_to`` rewrites of the sample's name and unit (``re.sub``, remembered per input value)."""
+        out: dict[str, Any] = {"volume": volume, **self._fixed}
         for field, (pattern, replacement) in self.maps.items():
-            out[field] = pattern.sub(replacement, sample[field])  # type: ignore[literal-required]
+            value = sample[field]  # type: ignore[literal-required]
+            mapped = self._mapped.get((field, value))
+            if mapped is None:
+                mapped = pattern.sub(replacement, value)
+                if len(self._mapped) < _MEMO_ENTRIES:
+                    self._mapped[(field, value)] = mapped
+            out[field] = mapped
         return out
 
     def accepts(self, sample: Sample) -> bool:
+        """Whether the ``source`` section matches: its ``unit``, and every ``map_from`` pattern
+        (``re.search``), on the sample's name and unit; remembered per (name, unit)."""
         if not self.maps and self.source_unit is None:
             return True
-        if self.source_unit is not None and sample["unit"] != self.source_unit:
-            return False
-        return all(pattern.search(sample[field]) for field, (pattern, _) in self.maps.items())  # type: ignore[literal-required]
+        key = (sample["name"], sample["unit"])
+        accepted = self._accepted.get(key)
+        if accepted is None:
+            accepted = (self.source_unit is None or key[1] == self.source_unit) and all(
+                pattern.search(sample[field]) is not None  # type: ignore[literal-required]
+                for field, (pattern, _) in self.maps.items())
+            if len(self._accepted) < _MEMO_ENTRIES:
+                self._accepted[key] = accepted
+        return accepted
 
 
 class UnitConversion(Transformer):

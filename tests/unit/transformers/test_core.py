@@ -1,5 +1,6 @@
 import pytest
 
+from streams.transformers import core
 from streams.transformers.base import TransformerConfigError, TransformError, derived_id
 from streams.transformers.core import (
     Accumulator,
@@ -121,6 +122,26 @@ def test_unit_conversion_expression_and_regex_map():
     assert (out["name"], out["unit"], out["volume"]) == ("disk.write.kilobytes", "KB", 4.0)
     passthrough = make_test_sample(name="memory.usage")
     assert t.handle(passthrough, {}) == [passthrough]
+
+
+def test_source_match_and_name_mapping_are_the_regex_results_remembered_or_not(monkeypatch):
+    """_Target remembers accepts() per (name, unit) and map_to per value, up to _MEMO_ENTRIES; past
+    that bound (here 3) it computes each time, with the same results."""
+    monkeypatch.setattr(core, "_MEMO_ENTRIES", 3)
+    t = UnitConversion("s/0", {
+        "source": {"unit": "B", "map_from": {"name": r"^disk\.(\w+)\.bytes$", "unit": "^(B)$"}},
+        "target": {"map_to": {"name": r"disk.\1.kib", "unit": r"Ki\1"}, "scale": 1 / 1024},
+    })
+    cases = [(f"disk.d{k}.bytes", "B", (f"disk.d{k}.kib", "KiB")) for k in range(6)]
+    cases += [("disk.d1.bytes", "KB", None), ("disk.d1.packets", "B", None), ("disk..bytes", "B", None)]
+    for _ in range(2):  # the second pass reads what the first remembered
+        for name, unit, want in cases:
+            s = make_test_sample(name=name, unit=unit, volume=2048.0)
+            [out] = t.handle(s, {})
+            assert ((out["name"], out["unit"]) if out is not s else None) == want
+            if want:
+                assert out["volume"] == 2.0
+    assert len(t.target._accepted) == 3 and len(t.target._mapped) == 3
 
 
 @pytest.mark.parametrize(
