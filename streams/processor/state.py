@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+import orjson
 from confluent_kafka import KafkaError, Producer
 
 from streams.config import KafkaSettings
@@ -48,6 +49,29 @@ VERSION_KEY = "_v"
 """Key of a state's version (set on commit): above the version of the state it replaces, and at least
 the wall clock in µs, so a worker that takes a partition over continues above what it recovered even
 if its clock is behind. A resource's states are written one after another, each built on the last."""
+
+
+def state_json(value: dict[str, Any]) -> bytes:
+    """``value`` as a changelog record's JSON: what ``json.dumps(value, separators=(",", ":"))``
+    encodes, read back as the same value by Faust's ``json`` codec.
+
+    orjson writes it, about three times faster for the processor's states (alarm windows make them
+    about 800 bytes). orjson differs from :mod:`json` on a few values: it writes NaN and infinities as
+    ``null``, and refuses integers beyond 64 bits, non-string keys and lone surrogates. So its output
+    is used only when it reads back (``orjson.loads``) equal to ``value``; anything else is written by
+    :mod:`json`, exactly as before. Floats may be spelled differently (``1.5e-7`` for ``1.5e-07``), and
+    non-ASCII characters are UTF-8 rather than ``\\u`` escapes; never another value.
+
+    Raises:
+        TypeError, ValueError: ``value`` is not JSON-serializable (as ``json.dumps`` raises).
+    """
+    try:
+        out = orjson.dumps(value)
+        if orjson.loads(out) == value:
+            return out
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        pass
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def next_version(previous: int) -> int:
@@ -137,7 +161,7 @@ class ChangelogWriter:
         """Queue one state write, or a tombstone for ``value`` None (non-blocking; waits only
         while librdkafka's queue is full)."""
         k = json.dumps(key).encode()
-        v = None if value is None else json.dumps(value, separators=(",", ":")).encode()
+        v = None if value is None else state_json(value)
         self._produce(self.topic, v, k, partition)
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None,

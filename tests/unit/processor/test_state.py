@@ -12,6 +12,7 @@ from streams.processor.state import (
     StateWriteError,
     changelog_topic,
     next_version,
+    state_json,
     supersedes,
 )
 
@@ -107,6 +108,39 @@ def test_changelog_records_are_what_faust_recovery_reads():
     assert (topic, partition) == ("app-resource-state-changelog", 3)
     # Faust's table codec is "json" for keys and values (faust.Table defaults).
     assert json.loads(key) == "host-1" and json.loads(value) == {"rate": {"v": 1.5}, "_watermark": 10}
+
+
+def _compact(value):
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("value, same_bytes", [
+    ({"_watermark": 1, "rate_sink/0": {"series": {"disk.read.bytes": [1795856345856839, None, 68.0]}}}, True),
+    ({"alarms": {"a": {"fp": '[["cpu_util", {"x": null}]]', "rules": [{"1": [7, 287.0, -0.0, 5e-324]}]}}}, True),
+    ({"quote": '"\\\n\t', "t": True, "f": False, "n": None, "big": 2**63 - 1, "small": -(2**63)}, True),
+    ({"float": 1.5e-7}, False),  # orjson: 1.5e-7, json: 1.5e-07
+    ({"unicode": "h\u00f4te \U0001f600"}, False),  # orjson: UTF-8, json: \u escapes
+])
+def test_state_json_is_json_read_back_the_same(value, same_bytes):
+    out = state_json(value)
+    assert json.loads(out) == value
+    assert (out == _compact(value)) is same_bytes
+
+
+@pytest.mark.parametrize("value", [
+    {"nan": float("nan")}, {"inf": [float("inf")]}, {"ninf": {"x": -float("inf")}},  # orjson: null
+    {"big": 2**64}, {"neg": -(2**63) - 1},  # orjson refuses integers beyond 64 bits
+    {"keys": {1: "a", 2.5: "b", None: "c"}},  # json turns keys into strings; orjson refuses them
+    {"tuple": (1, 2)},  # json writes a list; read back it is a list, not the tuple
+    {"surrogate": "\udc80"},
+])
+def test_state_json_writes_what_orjson_would_change_with_json(value):
+    assert state_json(value) == _compact(value)
+
+
+def test_state_json_raises_what_json_raises():
+    with pytest.raises(TypeError):
+        state_json({"x": object()})
 
 
 @pytest.mark.parametrize("producer", [ProducerDouble(fail={b'"r"'}), ProducerDouble(stuck=2)])
