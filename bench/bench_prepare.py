@@ -31,7 +31,7 @@ sys.path.insert(0, os.getcwd())
 from streams.codec import BatchCodec  # noqa: E402
 from streams.config import ClickHouseSettings  # noqa: E402
 from streams.pipeline import load_pipeline  # noqa: E402
-from streams.processor.batch import BatchProcessor, add_columns  # noqa: E402
+from streams.processor.batch import BatchProcessor  # noqa: E402
 from streams.processor.normalize import Normalizer  # noqa: E402
 from streams.processor.stages import RecordProcessor  # noqa: E402
 from streams.processor.state import ChangelogWriter  # noqa: E402
@@ -83,7 +83,7 @@ class _Message:
 
 
 class _Publisher:
-    """The clickhouse:// publisher's two entry points, into a sink that never flushes."""
+    """The clickhouse:// publisher: ClickHouseSink's column buffers, dropped at flush (no INSERT)."""
 
     def __init__(self, sink: ClickHouseSink) -> None:
         self.sink = sink
@@ -94,9 +94,11 @@ class _Publisher:
     def add_columns(self, columns, rows, maybe_stored=True, origins=None) -> None:
         self.sink.add_columns(columns, rows, maybe_stored, origins)
 
-    def drop(self) -> None:
+    def flush(self) -> int:
+        """Drop the buffered columns instead of inserting them; nothing skipped."""
         self.sink._columns = [[] for _ in self.sink._columns]
         self.sink._check, self.sink._origins = [], []
+        return 0
 
 
 def main() -> None:
@@ -127,13 +129,7 @@ def main() -> None:
     def run(chunk: list[list[_Message]]) -> None:
         for records in chunk:
             batch = processor.prepare(records)
-            for out, maybe_stored in ((batch.new, False), (batch.replayed, True)):
-                for url in out.urls():
-                    if out.rows.get(url):
-                        add_columns(publisher, batch.columns, out.rows[url], maybe_stored, out.row_origins[url])
-                    if out.samples.get(url):
-                        publisher.add(out.samples[url], maybe_stored=maybe_stored, origins=out.origins[url])
-            publisher.drop()
+            processor._write(batch)  # what store() runs in its worker thread: the publishers' add and flush
             batch.state.commit(writer)
 
     warm = len(batches) // 6
