@@ -24,6 +24,11 @@
  *
  * Nothing here is a general Avro decoder: a record written with another schema version has
  * another fingerprint and is decoded by fastavro (streams.codec).
+ *
+ * Two more helpers of the processor's per-sample path live here (each has a Python twin used when
+ * this module is not built): copy_json, the per-batch copy of a resource's state
+ * (streams.processor.state), and uuid5_text, the text of a derived sample's id
+ * (streams.transformers.base.derived_id).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -293,9 +298,94 @@ done:
     return result;
 }
 
+/*
+ * copy_json(value) -> a deep copy of JSON-shaped data (streams.processor.state.copy_json's rule):
+ * exact dicts and lists are copied (a dict keeps its insertion order and its key objects), anything
+ * else is the same object again (JSON scalars are immutable). Raises RecursionError past Python's
+ * recursion limit, as the Python version does (a cycle included).
+ *
+ * A container is cloned whole (PyDict_Copy, a list slice: its table copied at once) and then its
+ * dict and list values replaced by their copies; only the clone is changed, which no other code
+ * can reach yet.
+ */
+static int is_container(PyObject *v) {
+    return PyDict_CheckExact(v) || PyList_CheckExact(v);
+}
+
+static PyObject *copy_value(PyObject *v) {
+    if (PyDict_CheckExact(v)) {
+        if (Py_EnterRecursiveCall(" in copy_json")) return NULL;
+        PyObject *out = PyDict_Copy(v);
+        Py_ssize_t pos = 0;
+        PyObject *key, *item;
+        while (out != NULL && PyDict_Next(out, &pos, &key, &item)) {
+            if (!is_container(item)) continue;
+            PyObject *copy = copy_value(item);
+            /* the key is there already: only its value changes, which PyDict_Next allows */
+            if (copy == NULL || PyDict_SetItem(out, key, copy) < 0) Py_CLEAR(out);
+            Py_XDECREF(copy);
+        }
+        Py_LeaveRecursiveCall();
+        return out;
+    }
+    if (PyList_CheckExact(v)) {
+        if (Py_EnterRecursiveCall(" in copy_json")) return NULL;
+        PyObject *out = PyList_GetSlice(v, 0, PY_SSIZE_T_MAX);
+        for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(out); i++) {
+            PyObject *item = PyList_GET_ITEM(out, i);
+            if (!is_container(item)) continue;
+            PyObject *copy = copy_value(item);
+            if (copy == NULL) Py_CLEAR(out);
+            else PyList_SetItem(out, i, copy);  /* steals copy, releases the shared item */
+        }
+        Py_LeaveRecursiveCall();
+        return out;
+    }
+    Py_INCREF(v);
+    return v;
+}
+
+static PyObject *copy_json(PyObject *self, PyObject *value) {
+    return copy_value(value);
+}
+
+/*
+ * uuid5_text(digest: bytes) -> str: the RFC 4122 name-based (SHA-1) UUID of a SHA-1 digest of
+ * namespace + name, as str(uuid.UUID) spells it: the first 16 bytes, version 5 (byte 6's high
+ * nibble) and the RFC 4122 variant (byte 8's two high bits 10), 36 lowercase characters with dashes
+ * at 8-4-4-4-12. Raises ValueError if the digest is shorter than 16 bytes.
+ */
+static PyObject *uuid5_text(PyObject *self, PyObject *arg) {
+    static const char hex[] = "0123456789abcdef";
+    char *data;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(arg, &data, &len) < 0) return NULL;
+    if (len < 16) {
+        PyErr_SetString(PyExc_ValueError, "uuid5_text: the digest has fewer than 16 bytes");
+        return NULL;
+    }
+    unsigned char b[16];
+    memcpy(b, data, 16);
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x50);
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    PyObject *out = PyUnicode_New(36, 127);
+    if (out == NULL) return NULL;
+    Py_UCS1 *p = PyUnicode_1BYTE_DATA(out);
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *p++ = '-';
+        *p++ = (Py_UCS1)hex[b[i] >> 4];
+        *p++ = (Py_UCS1)hex[b[i] & 0x0F];
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"decode_samples", decode_samples, METH_VARARGS,
      "decode_samples(data, pos, columns) -> (count, end): append the samples array at pos to 16 column lists."},
+    {"copy_json", copy_json, METH_O,
+     "copy_json(value): a deep copy of JSON-shaped data (exact dicts and lists copied, anything else shared)."},
+    {"uuid5_text", uuid5_text, METH_O,
+     "uuid5_text(digest) -> str: the version-5 UUID text of a SHA-1 digest (RFC 4122), as str(uuid.UUID)."},
     {NULL, NULL, 0, NULL},
 };
 

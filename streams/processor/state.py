@@ -209,16 +209,30 @@ _GONE: dict[str, Any] = {}
 """The pending value of a state deleted by an uncommitted batch: empty, and never handed out (readers copy)."""
 
 
-def copy_json(value: Any) -> Any:
-    """A deep copy of JSON-shaped data (dicts, lists, and immutable scalars), several times faster
-    than :func:`copy.deepcopy`, which handles any object and keeps a memo: states are JSON (the
-    changelog's codec), so nothing else can be in them."""
+def copy_json_py(value: Any) -> Any:
+    """A deep copy of JSON-shaped data: exact dicts and lists are copied (a dict keeps its order and
+    its key objects), anything else is the same object again (JSON scalars are immutable). Several
+    times faster than :func:`copy.deepcopy`, which handles any object and keeps a memo: states are
+    JSON (the changelog's codec), so nothing else can be in them.
+
+    :func:`copy_json` is the C version of this (``streams._columns``, about ten times faster on the
+    processor's states), and this one when the extension is not built.
+
+    Raises:
+        RecursionError: nested deeper than Python's recursion limit (a cycle included).
+    """
     kind = type(value)
     if kind is dict:
-        return {k: copy_json(v) for k, v in value.items()}
+        return {k: copy_json_py(v) for k, v in value.items()}
     if kind is list:
-        return [copy_json(v) for v in value]
+        return [copy_json_py(v) for v in value]
     return value
+
+
+try:
+    from streams._columns import copy_json
+except ImportError:  # the extension is not built (streams.columns warns): the same copies, slower
+    copy_json = copy_json_py
 
 
 class BatchState:

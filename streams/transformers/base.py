@@ -47,14 +47,34 @@ def derived_id(transformer_id: str, source_message_id: str) -> str:
     """Deterministic uuid5 of (transformer, input sample): replays give the same id.
 
     Exactly ``str(uuid.uuid5(namespace, f"{transformer_id}\\x00{source_message_id}"))`` (RFC 4122:
-    SHA-1 of namespace and name, version and variant bits set), formatted without a UUID object,
-    which was most of its cost on the processor's hot path.
+    SHA-1 of namespace and name, version and variant bits set), formatted without a UUID object
+    (by ``streams._columns.uuid5_text``, in C), which was most of its cost on the processor's hot path.
     """
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{transformer_id}\x00{source_message_id}".encode()).digest())
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest[:16].hex()
+    return _uuid5_text(hashlib.sha1(_NAMESPACE_BYTES + f"{transformer_id}\x00{source_message_id}".encode()).digest())
+
+
+def uuid5_text_py(digest: bytes) -> str:
+    """The text of the version-5 UUID of a SHA-1 ``digest`` of namespace and name (RFC 4122: the first
+    16 bytes, version and variant bits set), as ``str(uuid.UUID)`` spells it (36 characters).
+
+    ``streams._columns.uuid5_text`` is the C version of this, used when the extension is built.
+
+    Raises:
+        ValueError: ``digest`` has fewer than 16 bytes.
+    """
+    if len(digest) < 16:
+        raise ValueError("uuid5_text: the digest has fewer than 16 bytes")
+    b = bytearray(digest[:16])
+    b[6] = (b[6] & 0x0F) | 0x50
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+try:
+    from streams._columns import uuid5_text as _uuid5_text
+except ImportError:  # the extension is not built (streams.columns warns): the same text, slower
+    _uuid5_text = uuid5_text_py
 
 
 def metadata_number(sample: Sample, key: str) -> float:

@@ -1,5 +1,6 @@
 """BatchState: copy-on-read overlay, chaining through uncommitted batches, ordered commits."""
 
+import collections
 import json
 import time
 
@@ -11,6 +12,8 @@ from streams.processor.state import (
     ChangelogWriter,
     StateWriteError,
     changelog_topic,
+    copy_json,
+    copy_json_py,
     next_version,
     state_json,
     supersedes,
@@ -225,3 +228,73 @@ def test_the_table_keeps_its_newer_states_when_recovery_replays_the_changelog(tm
     newer = {"n": 3, VERSION_KEY: new[VERSION_KEY] + 1}
     table.apply_changelog_batch([record(3, "kept", newer)])
     assert store["kept"] == newer
+
+
+def _json_shaped(rnd, depth: int = 0):
+    """A random JSON-shaped value: dicts, lists, str, int (beyond 64 bits too), float (NaN and
+    infinities too), bool, None; and, inside, tuples and a dict subclass (shared, not copied)."""
+    kind = rnd.randrange(9 if depth < 4 else 5)
+    if kind == 0:
+        return rnd.choice(["", "x", "é漢", "\ud800"])
+    if kind == 1:
+        return rnd.choice([0, -1, 2**70, True, False])
+    if kind == 2:
+        return rnd.choice([0.5, -1e300, float("nan"), float("inf")])
+    if kind == 3:
+        return None
+    if kind == 4:
+        return (1, "t")
+    if kind in (5, 6):
+        return {rnd.choice(["a", "b", "_v", "é"]) + str(i): _json_shaped(rnd, depth + 1) for i in range(rnd.randrange(4))}
+    if kind == 7:
+        return [_json_shaped(rnd, depth + 1) for _ in range(rnd.randrange(4))]
+    return collections.OrderedDict(k=[1])
+
+
+def _same_shape(a, b) -> None:
+    """``b`` is a copy of ``a`` by copy_json's rule: exact dicts and lists new, all else the same object."""
+    assert type(a) is type(b)
+    if type(a) is dict:
+        assert a is not b and list(a) == list(b)
+        for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True):
+            assert ka is kb
+            _same_shape(va, vb)
+    elif type(a) is list:
+        assert a is not b and len(a) == len(b)
+        for va, vb in zip(a, b, strict=True):
+            _same_shape(va, vb)
+    else:
+        assert a is b
+
+
+def test_copy_json_in_c_copies_as_the_python_twin_does():
+    import random
+
+    from streams._columns import copy_json as copy_c
+
+    assert copy_json is copy_c  # the processor uses the C version when the extension is built
+    rnd = random.Random(11)
+    for _ in range(2000):
+        value = _json_shaped(rnd)
+        _same_shape(value, copy_json_py(value))
+        _same_shape(value, copy_c(value))
+    shared = [1]
+    state = {"a": shared, "b": shared}  # one list twice: two independent copies, as the Python twin makes
+    for copy in (copy_c(state), copy_json_py(state)):
+        assert copy["a"] is not copy["b"]
+        copy["a"].append(2)
+        assert copy["b"] == [1] and state == {"a": [1], "b": [1]}
+
+
+def test_copy_json_in_c_raises_what_the_python_twin_raises_on_a_cycle():
+    from streams._columns import copy_json as copy_c
+
+    cycle: list = []
+    cycle.append(cycle)
+    loop: dict = {}
+    loop["self"] = loop
+    for value in (cycle, loop):
+        with pytest.raises(RecursionError):
+            copy_json_py(value)
+        with pytest.raises(RecursionError):
+            copy_c(value)

@@ -266,3 +266,29 @@ def test_derived_ids_are_rfc_4122_uuid5_whatever_the_input():
         tid = "".join(rnd.choice("abc/0é漢") for _ in range(rnd.randint(0, 12)))
         mid = str(uuid.UUID(int=rnd.getrandbits(128)))
         assert derived_id(tid, mid) == str(uuid.uuid5(_NAMESPACE, f"{tid}\x00{mid}"))
+
+
+def test_uuid5_text_in_c_is_the_python_twins_and_uuids_text():
+    import hashlib
+    import random
+    import uuid
+
+    from streams._columns import uuid5_text
+
+    from streams.transformers.base import uuid5_text_py
+
+    rnd = random.Random(5)
+    for n in (16, 20, 32):  # SHA-1 gives 20 bytes; only the first 16 count
+        for _ in range(300):
+            digest = rnd.randbytes(n)
+            want = str(uuid.UUID(bytes=digest[:16], version=5))
+            assert uuid5_text(digest) == uuid5_text_py(digest) == want
+    digest = hashlib.sha1(b"x").digest()
+    assert type(uuid5_text(digest)) is str and uuid5_text(digest).isascii()
+    for bad in (b"", b"x" * 15):
+        with pytest.raises(ValueError, match="fewer than 16 bytes"):
+            uuid5_text(bad)
+        with pytest.raises(ValueError, match="fewer than 16 bytes"):
+            uuid5_text_py(bad)
+    with pytest.raises(TypeError):
+        uuid5_text("not bytes" * 4)
