@@ -23,7 +23,7 @@ COPY requirements.lock ./
 RUN /opt/streams/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 # Exactly the files the wheel is built from (tests/unit/deploy/test_image.py builds a wheel from them),
 # with the locked setuptools (no build isolation: nothing fetched).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY schemas ./schemas
 COPY streams ./streams
 RUN /opt/streams/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \

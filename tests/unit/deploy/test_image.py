@@ -137,7 +137,7 @@ def test_image_installs_from_the_lock_only():
 def test_dockerignore_keeps_the_context_small():
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".dev", "tests"} <= ignored
-    assert not {"streams", "schemas", "pyproject.toml", "README.md", "requirements.lock"} & ignored
+    assert not {"streams", "schemas", "pyproject.toml", "README.md", "LICENSE", "requirements.lock"} & ignored
 
 
 def test_wheel_builds_from_the_copied_files_and_holds_schemas(tmp_path):
@@ -171,6 +171,10 @@ def test_wheel_builds_from_the_copied_files_and_holds_schemas(tmp_path):
             assert zf.read(f"streams/schemas/{schema.name}") == schema.read_bytes()
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         assert "streams = streams.cli:main" in zf.read(entry_points).decode()
+        (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        assert zf.read(license_file) == (ROOT / "LICENSE").read_bytes()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        assert "License-Expression: Apache-2.0" in zf.read(metadata).decode()  # PEP 639
 
 
 @pytest.mark.parametrize("command", [["--help"], ["poll", "--help"], ["process", "--help"], ["notify", "--help"],
