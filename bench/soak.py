@@ -6,7 +6,9 @@ Runs the processor, the notifier and a load generator standing in for a fleet of
 generator's resources with ``log://`` actions, against the local services. Every ``--every``
 seconds it samples:
 
-* the processor's and the notifier's RSS (MiB);
+* the processor's and the notifier's RSS (MiB), and the local broker's (``broker_rss_mib``; the
+  stand-in broker keeps every record of every topic in memory, so this is what it holds: start it
+  afresh with ``streams dev down --purge`` to compare runs);
 * the processor's consumer lag (records: high watermark minus committed offset, summed over partitions);
 * produce -> row visible, p99 over the interval (ms): one record in ten is a probe, of one of 16
   probe resources, whose rows are looked for every 100 ms by the table's sorting key (probe
@@ -183,6 +185,12 @@ def main() -> None:
     series = []
     end = time.time() + args.minutes * 60
 
+    def rss_mib(proc: psutil.Process) -> float | None:
+        try:
+            return round(proc.memory_info().rss / 2**20, 1)
+        except psutil.Error:
+            return None
+
     def cpu_times() -> dict[str, float]:
         out = {}
         for key, proc in watched.items():
@@ -224,6 +232,8 @@ def main() -> None:
                      "lag_records": lag(settings, name, settings.kafka.samples_topic),
                      "p99_ms": round(statistics.quantiles(lats, n=100)[98]) if len(lats) > 10 else None,
                      "probes_visible": len(lats)}
+            if "kafka" in watched:  # the local broker keeps every record in memory: what it holds, all topics
+                point["broker_rss_mib"] = rss_mib(watched["kafka"])
             with gen.lock:
                 oldest = next(iter(gen.probes.values()), None)
             elapsed, cpu_end = time.time() - window_start, cpu_times()
