@@ -161,7 +161,8 @@ def main() -> None:
     cpu = time.process_time() - started
     samples = sum(len(b) for b in batches[warm:]) * 7
     tree = Path(sys.modules["streams"].__file__).parent.parent
-    print(f"{tree}: {args.batch} records per batch{'' if args.no_alarms else ', 3 alarms'}: {cpu / samples * 1e6:.2f} µs of CPU per sample, "
+    shape = f"{args.batch} records per batch{'' if args.no_alarms else ', 3 alarms'}"
+    print(f"{tree}: {shape}: {cpu / samples * 1e6:.2f} µs of CPU per sample, "
           f"{samples / cpu:,.0f} samples per CPU-second ({samples:,} samples, {producer.produced:,} state writes)")
 
 
