@@ -215,8 +215,8 @@ def copy_json_py(value: Any) -> Any:
     times faster than :func:`copy.deepcopy`, which handles any object and keeps a memo: states are
     JSON (the changelog's codec), so nothing else can be in them.
 
-    :func:`copy_json` is the C version of this (``streams._columns``, about ten times faster on the
-    processor's states), and this one when the extension is not built.
+    :func:`copy_json` is the C version of this (``streams._columns``; on the soak's 640-byte states
+    4.5-5.1 µs against 11.3-11.4 µs), and this one when the extension is not built.
 
     Raises:
         RecursionError: nested deeper than Python's recursion limit (a cycle included).
