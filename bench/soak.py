@@ -227,8 +227,8 @@ def main() -> None:
                 if p.poll() is not None:
                     raise SystemExit(f"{p.args[3]} exited with {p.returncode}; see {logs}")
             point = {"t_s": round(args.minutes * 60 - (end - time.time())),
-                     "processor_rss_mib": round(psutil.Process(processor.pid).memory_info().rss / 2**20, 1),
-                     "notifier_rss_mib": round(psutil.Process(notifier.pid).memory_info().rss / 2**20, 1),
+                     "processor_rss_mib": rss_mib(watched["processor"]),
+                     "notifier_rss_mib": rss_mib(watched["notifier"]),
                      "lag_records": lag(settings, name, settings.kafka.samples_topic),
                      "p99_ms": round(statistics.quantiles(lats, n=100)[98]) if len(lats) > 10 else None,
                      "probes_visible": len(lats)}
