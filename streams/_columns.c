@@ -28,7 +28,9 @@
  * Two more helpers of the processor's per-sample path live here (each has a Python twin used when
  * this module is not built): copy_json, the per-batch copy of a resource's state
  * (streams.processor.state), and uuid5_text, the text of a derived sample's id
- * (streams.transformers.base.derived_id).
+ * (streams.transformers.base.derived_id). And one of the sink's: native_column, the bytes of a
+ * column of a ClickHouse INSERT (streams.storage.native; without this module the sink leaves every
+ * column to clickhouse-driver).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -379,6 +381,143 @@ static PyObject *uuid5_text(PyObject *self, PyObject *arg) {
     return out;
 }
 
+/*
+ * native_column(type: str, values: list) -> bytes | None: the data of one column of a ClickHouse
+ * Native-format block (ClickHouse docs, "Native" format; the bytes clickhouse-driver's column writers
+ * produce), for the types the samples table has:
+ *   String             each value: varint length + bytes (str as UTF-8, bytes as they are)
+ *   Float64, Int64     8 bytes little-endian per value
+ *   Nullable(String), Nullable(Float64)
+ *                      a null map (one byte per value, 1 for None), then the values with None as
+ *                      '' or 0.0
+ *   Array(String)      cumulative end offsets (UInt64 little-endian, one per row), then every
+ *                      element as a String
+ * Returns None for any other type (the caller writes that column some other way). Raises
+ * TypeError (a value of the wrong type, or values not a list), OverflowError (an Int64 out of
+ * range) or UnicodeEncodeError (a str that is not valid UTF-8, e.g. a lone surrogate); the caller
+ * then leaves the column to clickhouse-driver, whose error is the one reported.
+ *
+ * Two passes: the first sizes the bytes object, the second fills it, so nothing is copied twice.
+ */
+enum { K_STRING, K_FLOAT64, K_INT64, K_NULL_STRING, K_NULL_FLOAT64, K_ARRAY_STRING, K_UNKNOWN };
+
+static int kind_of(PyObject *type) {
+    static const char *names[K_UNKNOWN] = {"String", "Float64", "Int64", "Nullable(String)",
+                                           "Nullable(Float64)", "Array(String)"};
+    for (int k = 0; k < K_UNKNOWN; k++)
+        if (PyUnicode_CompareWithASCIIString(type, names[k]) == 0) return k;
+    return K_UNKNOWN;
+}
+
+static int varint_size(size_t n) {
+    int size = 1;
+    while (n >= 0x80) { n >>= 7; size++; }
+    return size;
+}
+
+static unsigned char *put_varint(unsigned char *p, size_t n) {
+    while (n >= 0x80) { *p++ = (unsigned char)(n | 0x80); n >>= 7; }
+    *p++ = (unsigned char)n;
+    return p;
+}
+
+/* the UTF-8 (or raw) bytes of a String value; NULL with an exception set if it is neither str nor bytes */
+static const char *string_bytes(PyObject *v, Py_ssize_t *len) {
+    if (PyUnicode_Check(v)) return PyUnicode_AsUTF8AndSize(v, len);
+    if (PyBytes_Check(v)) { *len = PyBytes_GET_SIZE(v); return PyBytes_AS_STRING(v); }
+    PyErr_Format(PyExc_TypeError, "a String value must be str or bytes, not %.100s", Py_TYPE(v)->tp_name);
+    return NULL;
+}
+
+static int string_size(PyObject *v, size_t *total) {
+    Py_ssize_t len;
+    if (string_bytes(v, &len) == NULL) return -1;
+    *total += (size_t)varint_size((size_t)len) + (size_t)len;
+    return 0;
+}
+
+static unsigned char *put_string(unsigned char *p, PyObject *v) {
+    Py_ssize_t len;
+    const char *data = string_bytes(v, &len);  /* cannot fail: sized in the first pass */
+    p = put_varint(p, (size_t)len);
+    memcpy(p, data, (size_t)len);
+    return p + len;
+}
+
+static int number_bytes(int kind, PyObject *v, unsigned char *out) {
+    if (kind == K_INT64) {
+        long long x = PyLong_AsLongLong(v);
+        if (x == -1 && PyErr_Occurred()) return -1;
+        for (int i = 0; i < 8; i++) out[i] = (unsigned char)((unsigned long long)x >> (8 * i));
+        return 0;
+    }
+    double d = PyFloat_AsDouble(v);
+    if (d == -1.0 && PyErr_Occurred()) return -1;
+    unsigned long long bits;
+    memcpy(&bits, &d, 8);
+    for (int i = 0; i < 8; i++) out[i] = (unsigned char)(bits >> (8 * i));
+    return 0;
+}
+
+static PyObject *native_column(PyObject *self, PyObject *args) {
+    PyObject *type, *values;
+    if (!PyArg_ParseTuple(args, "UO!", &type, &PyList_Type, &values)) return NULL;
+    int kind = kind_of(type);
+    if (kind == K_UNKNOWN) Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject **items = PySequence_Fast_ITEMS(values);
+    int nullable = kind == K_NULL_STRING || kind == K_NULL_FLOAT64;
+    size_t total = nullable ? (size_t)n : 0;
+    if (kind == K_FLOAT64 || kind == K_INT64 || kind == K_NULL_FLOAT64) {
+        total += 8 * (size_t)n;
+    } else if (kind == K_ARRAY_STRING) {
+        total += 8 * (size_t)n;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (!PyList_Check(items[i]) && !PyTuple_Check(items[i])) {
+                PyErr_Format(PyExc_TypeError, "an Array(String) value must be a list or tuple, not %.100s",
+                             Py_TYPE(items[i])->tp_name);
+                return NULL;
+            }
+            PyObject **elems = PySequence_Fast_ITEMS(items[i]);
+            for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(items[i]); j++)
+                if (string_size(elems[j], &total) < 0) return NULL;
+        }
+    } else {  /* String, Nullable(String) */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (items[i] == Py_None && nullable) total += 1;  /* '' */
+            else if (string_size(items[i], &total) < 0) return NULL;
+        }
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (out == NULL) return NULL;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    if (nullable)
+        for (Py_ssize_t i = 0; i < n; i++) *p++ = items[i] == Py_None;
+    if (kind == K_STRING || kind == K_NULL_STRING) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            p = items[i] == Py_None ? put_varint(p, 0) : put_string(p, items[i]);
+    } else if (kind == K_ARRAY_STRING) {
+        unsigned long long end = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            end += (unsigned long long)PySequence_Fast_GET_SIZE(items[i]);
+            for (int b = 0; b < 8; b++) *p++ = (unsigned char)(end >> (8 * b));
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject **elems = PySequence_Fast_ITEMS(items[i]);
+            for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(items[i]); j++) p = put_string(p, elems[j]);
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++, p += 8) {
+            if (items[i] == Py_None && nullable) { memset(p, 0, 8); continue; }
+            if (number_bytes(kind == K_INT64 ? K_INT64 : K_FLOAT64, items[i], p) < 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"decode_samples", decode_samples, METH_VARARGS,
      "decode_samples(data, pos, columns) -> (count, end): append the samples array at pos to 16 column lists."},
@@ -386,6 +525,8 @@ static PyMethodDef methods[] = {
      "copy_json(value): a deep copy of JSON-shaped data (exact dicts and lists copied, anything else shared)."},
     {"uuid5_text", uuid5_text, METH_O,
      "uuid5_text(digest) -> str: the version-5 UUID text of a SHA-1 digest (RFC 4122), as str(uuid.UUID)."},
+    {"native_column", native_column, METH_VARARGS,
+     "native_column(type, values) -> bytes | None: one column of a ClickHouse Native block (None: type not handled)."},
     {NULL, NULL, 0, NULL},
 };
 

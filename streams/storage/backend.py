@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from streams.storage import native
 from streams.storage.dialect import ServerVersion, quote_ident
 
 log = logging.getLogger(__name__)
@@ -177,22 +178,34 @@ class ServerConnection(Connection):
         return [name for name, _ in types], rows
 
     def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[list]) -> None:
+        """One INSERT; the column bytes are written in C where :mod:`streams.storage.native` can
+        (the same bytes clickhouse-driver writes, about ten times faster), else by clickhouse-driver."""
         cols = ", ".join(f"`{c}`" for c in columns)
-        self.client.execute(f"INSERT INTO {table} ({cols}) VALUES", data, columnar=True, types_check=False)
+        query = f"INSERT INTO {table} ({cols}) VALUES"
+        if native.available(self.client):
+            native.insert_columns(self.client, query, data, self.client.connection.context.client_settings[
+                "insert_block_size"])
+        else:
+            self.client.execute(query, data, columnar=True, types_check=False)
 
     def existing_keys(self, table: str, keys: Sequence[list]) -> set[str]:
         # (name, resource_id) IN pairs + a timestamp range lets the primary index skip
         # every granule of other series; the exact match is on message_id. Twice as fast
         # as a 4-column tuple IN at 70k keys (a stored copy of a sample has the same key).
         names, rids, stamps, mids = keys
-        ext = [{"name": "_series", "structure": [("name", "String"), ("resource_id", "String")],
-                "data": list(set(zip(names, rids, strict=True)))},
+        series = list(set(zip(names, rids, strict=True)))
+        query = (f"SELECT message_id FROM {table} WHERE (name, resource_id) IN _series "
+                 "AND timestamp_us >= %(lo)s AND timestamp_us <= %(hi)s AND message_id IN _ids")
+        params = {"lo": min(stamps), "hi": max(stamps)}
+        if native.available(self.client):
+            result = native.select_with_tables(self.client, query, params, [
+                ("_series", [("name", "String"), ("resource_id", "String")],
+                 [[n for n, _ in series], [r for _, r in series]]),
+                ("_ids", [("message_id", "String")], [mids if isinstance(mids, list) else list(mids)])])
+            return set(result[0]) if result else set()
+        ext = [{"name": "_series", "structure": [("name", "String"), ("resource_id", "String")], "data": series},
                {"name": "_ids", "structure": [("message_id", "String")], "data": [(m,) for m in mids]}]
-        rows = self.client.execute(
-            f"SELECT message_id FROM {table} WHERE (name, resource_id) IN _series "
-            "AND timestamp_us >= %(lo)s AND timestamp_us <= %(hi)s AND message_id IN _ids",
-            {"lo": min(stamps), "hi": max(stamps)}, external_tables=ext)
-        return {r[0] for r in rows}
+        return {r[0] for r in self.client.execute(query, params, external_tables=ext)}
 
     def close(self) -> None:
         self.client.disconnect()

@@ -282,7 +282,9 @@ class ClickHouseSink:
             base = keep if keep is not None else every
             candidates = [i for i in base if check[i]]
             if candidates:
-                keys = [[cols[k][i] for i in candidates] for k in _KEY]
+                # every buffered row, in order (the usual case): the columns themselves, not copies
+                keys = ([cols[k] for k in _KEY] if len(candidates) == len(mids)
+                        else [[cols[k][i] for i in candidates] for k in _KEY])
                 t0 = time.perf_counter()
                 stored = conn.existing_keys(table, keys)
                 self.lookup_seconds += time.perf_counter() - t0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import signal
 import subprocess
 import sys
@@ -12,9 +14,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from streams.columns import SampleColumns
+from streams.storage import native
 from streams.storage.backend import EmbeddedConnection, ServerConnection, close_chdb
 from streams.storage.clickhouse import ClickHouseSink
-from tests.conftest import make_test_sample, recent_hour_us
+from streams.storage.schema import SAMPLE_COLUMNS
+from tests.conftest import fuzzed_sample, make_test_sample, recent_hour_us
 from tests.integration.conftest import wait_for
 from tests.unit.storage.test_sink import rollups_agree
 
@@ -158,3 +163,49 @@ def test_processor_stores_into_chdb_without_a_server(pipeline, tmp_path):
         _check_rollups(conn, "metering")
     finally:
         close_chdb()
+
+
+def _stored(conn, table: str) -> list[tuple]:
+    cols = ", ".join(f"`{c}`" for c in (*SAMPLE_COLUMNS, "timestamp"))
+    rows = conn.execute(f"SELECT {cols} FROM {table} ORDER BY message_id")
+    return [tuple(repr(v) if isinstance(v, float) else v for v in row) for row in rows]  # NaN == NaN
+
+
+def test_inserts_with_c_written_columns_store_what_clickhouse_driver_stores(pipeline, monkeypatch):
+    rng, base_us = random.Random(16), recent_hour_us()
+    samples = [{**fuzzed_sample(rng, {"shared": "é"}), "message_id": f"m{i:04}", "timestamp": base_us + i}
+               for i in range(400)]
+    columns = SampleColumns()
+    columns.extend_dicts(samples)
+    data = [list(c) for c in columns.cols[:len(SAMPLE_COLUMNS)]]
+    url, db = pipeline.settings.clickhouse.url, pipeline.db
+    fast = ServerConnection(url, insert_block_size=150)  # three blocks, the last one short
+    plain = ServerConnection(url)
+    plain.execute(f"CREATE TABLE {db}.plain AS {db}.samples")
+    try:
+        assert native.available(fast.client)
+        fast.insert_columns(f"{db}.samples", SAMPLE_COLUMNS, data)
+        keys = [data[SAMPLE_COLUMNS.index(c)] for c in ("name", "resource_id", "timestamp_us", "message_id")]
+        asked = [k + extra for k, extra in zip(keys, (["x"], ["y"], [base_us], ["not-stored"]), strict=True)]
+        assert fast.existing_keys(f"{db}.samples", asked) == set(data[0])
+        with monkeypatch.context() as m:
+            m.setattr(native, "available", lambda client: False)  # clickhouse-driver writes every column
+            plain.insert_columns(f"{db}.plain", SAMPLE_COLUMNS, data)
+            assert plain.existing_keys(f"{db}.plain", asked) == set(data[0])
+        stored = _stored(plain, f"{db}.samples")
+        assert len(stored) == 400 and stored == _stored(plain, f"{db}.plain")
+        assert any(math.isnan(s["volume"]) for s in samples) and any(s["user_id"] is None for s in samples)
+
+        # A value the C encoder refuses is left to clickhouse-driver: its error, and the connection recovers.
+        bad = [list(c) for c in data]
+        bad[SAMPLE_COLUMNS.index("source")][3] = 42
+        with pytest.raises(Exception) as ours:
+            fast.insert_columns(f"{db}.samples", SAMPLE_COLUMNS, bad)
+        with monkeypatch.context() as m, pytest.raises(Exception) as theirs:
+            m.setattr(native, "available", lambda client: False)
+            plain.insert_columns(f"{db}.plain", SAMPLE_COLUMNS, bad)
+        assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)
+        assert fast.execute(f"SELECT count() FROM {db}.samples") == [(400,)]
+    finally:
+        fast.close()
+        plain.close()
