@@ -518,6 +518,124 @@ static PyObject *native_column(PyObject *self, PyObject *args) {
     return out;
 }
 
+/*
+ * Samples as dicts and back (streams.columns.SampleColumns.row and extend_dicts, and the sink's add):
+ *
+ * sample_row(cols: tuple of 16 lists, i: int) -> dict: sample i in the streams.Sample shape, the
+ *   fields in FIELDS order, resource_metadata a new dict of row i's keys and values. Raises
+ *   IndexError (i out of range), ValueError (row i's key and value lists differ in length, as
+ *   zip(strict=True) does) or TypeError (the metadata of row i is not two lists).
+ *
+ * extend_from_dicts(cols: tuple or list of 15 or 16 lists, samples: list) -> bool: appends every
+ *   sample's fields to the columns, as the Python loop does (streams.columns.extend_from_dicts):
+ *   required fields as they are, optional ones None when missing, resource_metadata's keys and
+ *   values as two new lists ([] for None or a missing one), source '' when missing or None, and
+ *   with 16 columns message_signature. Returns False, changing nothing, when a sample is not an
+ *   exact dict, lacks a required field, or has metadata that is not None or an exact dict, or a
+ *   source that is not None or a str: the Python loop then does the work (and raises its error).
+ */
+static PyObject *FIELD_KEYS[NCOLS];  /* interned, in FIELDS order; 12 and 13 are resource_metadata's halves */
+static PyObject *KEY_METADATA, *EMPTY_STR;
+static const int REQUIRED[] = {0, 1, 2, 3, 4, 9, 10};
+
+static PyObject *sample_row(PyObject *self, PyObject *args) {
+    PyObject *cols;
+    Py_ssize_t i;
+    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &cols, &i)) return NULL;
+    if (PyTuple_GET_SIZE(cols) != NCOLS) {
+        PyErr_SetString(PyExc_ValueError, "sample_row: expected 16 columns");
+        return NULL;
+    }
+    PyObject *first = PyTuple_GET_ITEM(cols, 0);
+    if (!PyList_Check(first)) {
+        PyErr_SetString(PyExc_TypeError, "sample_row: the columns must be lists");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(first);
+    if (i < 0) i += n;
+    PyObject *values[NCOLS];
+    for (int k = 0; k < NCOLS; k++) {
+        PyObject *col = PyTuple_GET_ITEM(cols, k);
+        if (!PyList_Check(col) || i < 0 || i >= PyList_GET_SIZE(col)) {
+            PyErr_SetString(PyList_Check(col) ? PyExc_IndexError : PyExc_TypeError,
+                            PyList_Check(col) ? "list index out of range" : "sample_row: the columns must be lists");
+            return NULL;
+        }
+        values[k] = PyList_GET_ITEM(col, i);
+    }
+    PyObject *keys = values[12], *vals = values[13];
+    if (!PyList_Check(keys) || !PyList_Check(vals)) {
+        PyErr_SetString(PyExc_TypeError, "sample_row: a row's metadata must be two lists");
+        return NULL;
+    }
+    if (PyList_GET_SIZE(keys) != PyList_GET_SIZE(vals)) {
+        PyErr_Format(PyExc_ValueError, "zip() argument 2 is %s than argument 1",
+                     PyList_GET_SIZE(vals) < PyList_GET_SIZE(keys) ? "shorter" : "longer");
+        return NULL;
+    }
+    PyObject *md = PyDict_New();
+    for (Py_ssize_t j = 0; md != NULL && j < PyList_GET_SIZE(keys); j++)
+        if (PyDict_SetItem(md, PyList_GET_ITEM(keys, j), PyList_GET_ITEM(vals, j)) < 0) Py_CLEAR(md);
+    if (md == NULL) return NULL;
+    PyObject *out = _PyDict_NewPresized(NCOLS - 1);
+    for (int k = 0; out != NULL && k < NCOLS; k++) {
+        if (k == 13) continue;
+        if (PyDict_SetItem(out, k == 12 ? KEY_METADATA : FIELD_KEYS[k], k == 12 ? md : values[k]) < 0) Py_CLEAR(out);
+    }
+    Py_DECREF(md);
+    return out;
+}
+
+static int append_new(PyObject *list, PyObject *value) {  /* appends, and releases, a new reference */
+    if (value == NULL) return -1;
+    int rc = PyList_Append(list, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+static PyObject *extend_from_dicts(PyObject *self, PyObject *args) {
+    PyObject *cols, *samples;
+    if (!PyArg_ParseTuple(args, "OO!", &cols, &PyList_Type, &samples)) return NULL;
+    PyObject *seq = PySequence_Fast(cols, "extend_from_dicts: columns must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t ncols = PySequence_Fast_GET_SIZE(seq);
+    PyObject **lists = PySequence_Fast_ITEMS(seq);
+    int ok = ncols == NCOLS || ncols == NCOLS - 1;
+    for (Py_ssize_t k = 0; ok && k < ncols; k++) ok = PyList_Check(lists[k]);
+    Py_ssize_t n = PyList_GET_SIZE(samples);
+    for (Py_ssize_t i = 0; ok && i < n; i++) {  /* first: is every sample one this loop handles? */
+        PyObject *s = PyList_GET_ITEM(samples, i);
+        if (!PyDict_CheckExact(s)) { ok = 0; break; }
+        for (size_t r = 0; ok && r < sizeof REQUIRED / sizeof REQUIRED[0]; r++)
+            ok = PyDict_GetItemWithError(s, FIELD_KEYS[REQUIRED[r]]) != NULL;
+        PyObject *md = ok ? PyDict_GetItemWithError(s, KEY_METADATA) : NULL;
+        if (ok && md != NULL && md != Py_None && !PyDict_CheckExact(md)) ok = 0;
+        PyObject *src = ok ? PyDict_GetItemWithError(s, FIELD_KEYS[14]) : NULL;
+        if (ok && src != NULL && src != Py_None && !PyUnicode_Check(src)) ok = 0;
+        if (PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
+    }
+    if (!ok) { Py_DECREF(seq); Py_RETURN_FALSE; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PyList_GET_ITEM(samples, i);
+        for (Py_ssize_t k = 0; k < ncols; k++) {
+            PyObject *v;
+            int rc;
+            if (k == 12 || k == 13) {
+                v = PyDict_GetItem(s, KEY_METADATA);
+                if (v == NULL || v == Py_None) rc = append_new(lists[k], PyList_New(0));
+                else rc = append_new(lists[k], k == 12 ? PyDict_Keys(v) : PyDict_Values(v));
+            } else {
+                v = PyDict_GetItem(s, FIELD_KEYS[k]);  /* borrowed; required ones are there */
+                if (k == 14 && (v == NULL || v == Py_None || PyUnicode_GET_LENGTH(v) == 0)) v = EMPTY_STR;
+                rc = PyList_Append(lists[k], v == NULL ? Py_None : v);
+            }
+            if (rc < 0) { Py_DECREF(seq); return NULL; }  /* out of memory only */
+        }
+    }
+    Py_DECREF(seq);
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"decode_samples", decode_samples, METH_VARARGS,
      "decode_samples(data, pos, columns) -> (count, end): append the samples array at pos to 16 column lists."},
@@ -527,6 +645,10 @@ static PyMethodDef methods[] = {
      "uuid5_text(digest) -> str: the version-5 UUID text of a SHA-1 digest (RFC 4122), as str(uuid.UUID)."},
     {"native_column", native_column, METH_VARARGS,
      "native_column(type, values) -> bytes | None: one column of a ClickHouse Native block (None: type not handled)."},
+    {"sample_row", sample_row, METH_VARARGS,
+     "sample_row(cols, i) -> dict: sample i of 16 column lists as a streams.Sample dict."},
+    {"extend_from_dicts", extend_from_dicts, METH_VARARGS,
+     "extend_from_dicts(cols, samples) -> bool: append sample dicts to 15 or 16 columns (False: not done)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -538,5 +660,12 @@ PyMODINIT_FUNC PyInit__columns(void) {
         ENUM_SYMBOLS[i] = PyUnicode_InternFromString(symbols[i]);
         if (ENUM_SYMBOLS[i] == NULL) return NULL;
     }
+    const char *fields[NCOLS] = {"message_id", "name", "type", "unit", "volume", "user_id", "user_name",
+                                 "project_id", "project_name", "resource_id", "timestamp", "monotonic_time",
+                                 "metadata_keys", "metadata_values", "source", "message_signature"};
+    for (int k = 0; k < NCOLS; k++)
+        if ((FIELD_KEYS[k] = PyUnicode_InternFromString(fields[k])) == NULL) return NULL;
+    if ((KEY_METADATA = PyUnicode_InternFromString("resource_metadata")) == NULL) return NULL;
+    if ((EMPTY_STR = PyUnicode_New(0, 0)) == NULL) return NULL;
     return PyModule_Create(&module);
 }

@@ -28,11 +28,39 @@ FIELDS = ("message_id", "name", "type", "unit", "volume", "user_id", "user_name"
 """Column order; ``metadata_keys``/``metadata_values`` hold one list per sample (``resource_metadata``)."""
 
 _PLAIN = FIELDS[:12]
+_REQUIRED = frozenset(("message_id", "name", "type", "unit", "volume", "resource_id", "timestamp"))
 
 try:
     from streams._columns import decode_samples as _decode_samples
+    from streams._columns import extend_from_dicts as _extend_from_dicts
+    from streams._columns import sample_row as _sample_row
 except ImportError:  # pragma: no cover - the extension is built by pip install
-    _decode_samples = None
+    _decode_samples = _extend_from_dicts = _sample_row = None
+
+
+def extend_from_dicts(cols: Sequence[list], samples: Iterable[dict[str, Any]]) -> None:
+    """Append ``samples`` (``streams.Sample`` dicts) to ``cols``, the first 15 or all 16 columns of
+    :data:`FIELDS`: required fields as they are, optional ones None when missing, ``resource_metadata``
+    as its keys and values (two new lists), ``source`` '' when missing or None.
+
+    In C where every sample is an exact dict with the required fields (about three times faster,
+    ``streams._columns.extend_from_dicts``), else the Python loop here.
+
+    Raises:
+        KeyError: a sample lacks message_id, name, type, unit, volume, resource_id or timestamp
+            (columns before the missing one may have been extended: callers drop the batch).
+    """
+    batch = samples if isinstance(samples, list) else list(samples)
+    if _extend_from_dicts is not None and _extend_from_dicts(cols, batch):
+        return
+    for k, f in enumerate(_PLAIN):
+        cols[k].extend([s[f] for s in batch] if f in _REQUIRED else [s.get(f) for s in batch])
+    mds = [s.get("resource_metadata") or {} for s in batch]
+    cols[12].extend([list(md) for md in mds])
+    cols[13].extend([list(md.values()) for md in mds])
+    cols[14].extend([s.get("source") or "" for s in batch])
+    if len(cols) > 15:
+        cols[15].extend([s.get("message_signature") for s in batch])
 
 
 class SampleColumns:
@@ -66,7 +94,15 @@ class SampleColumns:
         return SampleColumns(tuple([c[i] for i in rows] for c in self.cols))
 
     def row(self, i: int) -> dict[str, Any]:
-        """Sample ``i`` as a ``streams.Sample`` dict (a new dict; changing it changes no column)."""
+        """Sample ``i`` as a ``streams.Sample`` dict (a new dict; changing it changes no column).
+
+        Built in C when the extension is there (``streams._columns.sample_row``, the same dict).
+
+        Raises:
+            IndexError: no row ``i``.
+        """
+        if _sample_row is not None:
+            return _sample_row(self.cols, i)
         (mid, name, typ, unit, vol, uid, uname, pid, pname, rid, ts, mono, mkeys, mvals, src, sig) = self.cols
         # A dict display: about 30 % faster than a comprehension over FIELDS (one per transformed sample).
         return {"message_id": mid[i], "name": name[i], "type": typ[i], "unit": unit[i], "volume": vol[i],
@@ -80,21 +116,9 @@ class SampleColumns:
         return [self.row(i) for i in indices]
 
     def extend_dicts(self, samples: Iterable[dict[str, Any]]) -> None:
-        """Append samples given as ``streams.Sample`` dicts (e.g. a transformer's outputs)."""
-        batch = samples if isinstance(samples, list) else list(samples)
-        cols = self.cols
-        for k, f in enumerate(_PLAIN[:5]):
-            cols[k].extend([s[f] for s in batch])
-        for k, f in enumerate(_PLAIN[5:9], start=5):
-            cols[k].extend([s.get(f) for s in batch])
-        cols[9].extend([s["resource_id"] for s in batch])
-        cols[10].extend([s["timestamp"] for s in batch])
-        cols[11].extend([s.get("monotonic_time") for s in batch])
-        mds = [s.get("resource_metadata") or {} for s in batch]
-        cols[12].extend([list(md) for md in mds])
-        cols[13].extend([list(md.values()) for md in mds])
-        cols[14].extend([s.get("source") or "" for s in batch])
-        cols[15].extend([s.get("message_signature") for s in batch])
+        """Append samples given as ``streams.Sample`` dicts (e.g. a transformer's outputs); see
+        :func:`extend_from_dicts`."""
+        extend_from_dicts(self.cols, samples)
 
     def extend(self, other: SampleColumns, rows: Sequence[int] | None = None) -> None:
         """Append ``other``'s rows (all, or ``rows``)."""

@@ -59,6 +59,7 @@ from tenacity import (
 )
 
 from streams.codec import Sample, clip
+from streams.columns import extend_from_dicts
 from streams.config import ClickHouseSettings
 from streams.observability import SINK_BATCH_ROWS, SINK_FLUSH_SECONDS, SINK_RETRIES
 from streams.storage.backend import Connection, StorageError, open_connection
@@ -234,18 +235,7 @@ class ClickHouseSink:
             raise ValueError(f"{len(origins)} origins for {len(batch)} samples")
         self._origins.extend(origins)
         self._check.extend([maybe_stored] * len(batch))
-        (mid, name, typ, unit, vol, uid, uname, pid, pname, rid, ts, mono, mkeys, mvals, src) = self._columns
-        # One comprehension per column: about twice as fast as one loop appending to 15 lists.
-        for col, key in ((mid, "message_id"), (name, "name"), (typ, "type"), (unit, "unit"), (vol, "volume"),
-                         (rid, "resource_id"), (ts, "timestamp")):
-            col.extend([s[key] for s in batch])
-        for col, key in ((uid, "user_id"), (uname, "user_name"), (pid, "project_id"), (pname, "project_name"),
-                         (mono, "monotonic_time")):
-            col.extend([s.get(key) for s in batch])
-        mds = [s.get("resource_metadata") or {} for s in batch]
-        mkeys.extend([list(md) for md in mds])
-        mvals.extend([list(md.values()) for md in mds])
-        src.extend([s.get("source") or "" for s in batch])
+        extend_from_dicts(self._columns, batch)  # the 15 sample columns, in C where it can
 
     def add_columns(self, columns: Any, rows: Sequence[int] | None = None, maybe_stored: bool = True,
                     origins: Sequence[int] | None = None) -> None:

@@ -124,3 +124,83 @@ def test_rows_and_dicts_round_trip(sample_factory):
     assert len(FIELDS) == len(cols.cols) == 16
     sub = cols.take([1])
     assert sub.rows([0]) == samples[1:]
+
+
+def _both(monkeypatch, fn):
+    """``fn()``'s outcome with the C helpers and with the Python loops: (value or error type, ...)."""
+    out = []
+    for c in (True, False):
+        with monkeypatch.context() as m:
+            if not c:
+                m.setattr(columns_module, "_extend_from_dicts", None)
+                m.setattr(columns_module, "_sample_row", None)
+            try:
+                out.append(fn())
+            except Exception as exc:  # noqa: BLE001 - the error type is what is compared
+                out.append(type(exc))
+    return out
+
+
+def _odd(rnd: random.Random) -> dict:
+    """A sample dict the C loop may refuse, and the Python loop handles or raises on."""
+    s = fuzzed(rnd)[0]
+    kind = rnd.randrange(10)
+    if kind == 0:
+        del s[rnd.choice(["message_id", "name", "type", "unit", "volume", "resource_id", "timestamp"])]
+    elif kind == 1:
+        for optional in ("user_id", "user_name", "project_id", "project_name", "monotonic_time",
+                         "resource_metadata", "source", "message_signature"):
+            s.pop(optional, None) if rnd.random() < 0.5 else None
+    elif kind == 2:
+        s["resource_metadata"] = rnd.choice([None, {}, [], "", ["k"], "ab"])
+    elif kind == 3:
+        s["source"] = rnd.choice([None, "", 0, 7, b"x"])
+    elif kind == 4:
+        s = type("Sub", (dict,), {})(s)
+    return s
+
+
+@pytest.mark.parametrize("width", [15, 16])
+def test_dicts_become_the_columns_the_python_loop_makes(monkeypatch, width):
+    from tests.conftest import fuzzed_sample
+
+    rnd = random.Random(width)
+    for _ in range(300):
+        batch = fuzzed(rnd) + [fuzzed_sample(rnd, {"shared": "x"}) for _ in range(2)]
+        batch += [_odd(rnd) for _ in range(rnd.randrange(3))]
+
+        def run(batch=batch):
+            cols = [[] for _ in range(width)]
+            columns_module.extend_from_dicts(cols, batch)
+            return cols
+
+        c, py = _both(monkeypatch, run)
+        assert c == py
+        if isinstance(c, list):  # metadata lists are new lists, never the sample's own objects
+            assert all(type(v) is list for v in c[12] + c[13])
+
+
+def test_a_sample_the_c_loop_refuses_leaves_the_columns_as_they_were():
+    cols = [[1] for _ in range(16)]
+    good = {"message_id": "m", "name": "n", "type": "gauge", "unit": "u", "volume": 1.0, "resource_id": "r",
+            "timestamp": 1}
+    assert columns_module._extend_from_dicts(cols, [good, {**good, "resource_metadata": ["k"]}]) is False
+    assert columns_module._extend_from_dicts(cols, [good, {k: v for k, v in good.items() if k != "unit"}]) is False
+    assert cols == [[1] for _ in range(16)]
+    assert columns_module._extend_from_dicts(cols, [good]) is True
+    assert [c[1] for c in cols] == ["m", "n", "gauge", "u", 1.0, None, None, None, None, "r", 1, None, [], [], "",
+                                    None]
+
+
+def test_rows_are_the_dicts_the_python_code_builds(monkeypatch):
+    from tests.conftest import fuzzed_sample
+
+    rnd = random.Random(119)
+    batch = [s for _ in range(100) for s in fuzzed(rnd)] + [fuzzed_sample(rnd, {}) for _ in range(100)]
+    cols = SampleColumns()
+    cols.extend_dicts(batch)
+    for i in [*range(len(cols)), -1, len(cols), -len(cols) - 1]:
+        c, py = _both(monkeypatch, lambda i=i: cols.row(i))
+        assert c == py and (c is IndexError or list(c) == list(py))  # the same keys in the same order
+    cols.metadata_keys[3] = [*cols.metadata_keys[3], "one more"]  # keys and values differ in length
+    assert _both(monkeypatch, lambda: cols.row(3)) == [ValueError, ValueError]
