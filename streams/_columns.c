@@ -392,6 +392,13 @@ static PyObject *uuid5_text(PyObject *self, PyObject *arg) {
  *                      '' or 0.0
  *   Array(String)      cumulative end offsets (UInt64 little-endian, one per row), then every
  *                      element as a String
+ *   LowCardinality(String)
+ *                      (current servers' name, type, unit and source) the state prefix (UInt64 1,
+ *                      shared dictionaries with additional keys), then, if there are rows, the
+ *                      serialization type (UInt64: has additional keys, update the dictionary, and
+ *                      the index width: UInt8 below 256 distinct values, UInt16 below 65,536, ...),
+ *                      the distinct values in first-seen order (UInt64 count, then each a String),
+ *                      the row count (UInt64) and each row's index in that width
  * Returns None for any other type (the caller writes that column some other way). Raises
  * TypeError (a value of the wrong type, or values not a list), OverflowError (an Int64 out of
  * range) or UnicodeEncodeError (a str that is not valid UTF-8, e.g. a lone surrogate); the caller
@@ -399,11 +406,11 @@ static PyObject *uuid5_text(PyObject *self, PyObject *arg) {
  *
  * Two passes: the first sizes the bytes object, the second fills it, so nothing is copied twice.
  */
-enum { K_STRING, K_FLOAT64, K_INT64, K_NULL_STRING, K_NULL_FLOAT64, K_ARRAY_STRING, K_UNKNOWN };
+enum { K_STRING, K_FLOAT64, K_INT64, K_NULL_STRING, K_NULL_FLOAT64, K_ARRAY_STRING, K_LC_STRING, K_UNKNOWN };
 
 static int kind_of(PyObject *type) {
     static const char *names[K_UNKNOWN] = {"String", "Float64", "Int64", "Nullable(String)",
-                                           "Nullable(Float64)", "Array(String)"};
+                                           "Nullable(Float64)", "Array(String)", "LowCardinality(String)"};
     for (int k = 0; k < K_UNKNOWN; k++)
         if (PyUnicode_CompareWithASCIIString(type, names[k]) == 0) return k;
     return K_UNKNOWN;
@@ -459,11 +466,64 @@ static int number_bytes(int kind, PyObject *v, unsigned char *out) {
     return 0;
 }
 
+static unsigned char *put_u64(unsigned char *p, unsigned long long x) {
+    for (int i = 0; i < 8; i++) *p++ = (unsigned char)(x >> (8 * i));
+    return p;
+}
+
+static PyObject *low_cardinality_column(PyObject *values) {
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject **items = PySequence_Fast_ITEMS(values);
+    if (n == 0) {  /* the state prefix only, as clickhouse-driver writes an empty column */
+        unsigned char prefix[8];
+        put_u64(prefix, 1);
+        return PyBytes_FromStringAndSize((const char *)prefix, 8);
+    }
+    PyObject *index = PyDict_New(), *distinct = PyList_New(0);  /* value -> position; values in order */
+    Py_ssize_t *rows = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)n);
+    PyObject *out = NULL;
+    size_t total = 8 * 4;
+    if (index == NULL || distinct == NULL || rows == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pos = PyDict_GetItemWithError(index, items[i]);
+        if (pos != NULL) { rows[i] = PyLong_AsSsize_t(pos); continue; }
+        if (PyErr_Occurred() || string_size(items[i], &total) < 0) goto done;
+        PyObject *next = PyLong_FromSsize_t(PyList_GET_SIZE(distinct));
+        if (next == NULL || PyDict_SetItem(index, items[i], next) < 0 || PyList_Append(distinct, items[i]) < 0) {
+            Py_XDECREF(next);
+            goto done;
+        }
+        Py_DECREF(next);
+        rows[i] = PyList_GET_SIZE(distinct) - 1;
+    }
+    Py_ssize_t keys = PyList_GET_SIZE(distinct);
+    int top = 0;  /* clickhouse-driver's int(log(len(index), 2) / 8): the highest set bit, by 8 */
+    while (((size_t)keys >> (top + 1)) != 0) top++;
+    int width_type = top / 8, width = 1 << width_type;
+    total += (size_t)width * (size_t)n;
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (out == NULL) goto done;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    p = put_u64(p, 1);
+    p = put_u64(p, (1ULL << 9) | (1ULL << 10) | (unsigned long long)width_type);
+    p = put_u64(p, (unsigned long long)keys);
+    for (Py_ssize_t k = 0; k < keys; k++) p = put_string(p, PyList_GET_ITEM(distinct, k));
+    p = put_u64(p, (unsigned long long)n);
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (int b = 0; b < width; b++) *p++ = (unsigned char)((unsigned long long)rows[i] >> (8 * b));
+done:
+    Py_XDECREF(index);
+    Py_XDECREF(distinct);
+    PyMem_Free(rows);
+    return out;
+}
+
 static PyObject *native_column(PyObject *self, PyObject *args) {
     PyObject *type, *values;
     if (!PyArg_ParseTuple(args, "UO!", &type, &PyList_Type, &values)) return NULL;
     int kind = kind_of(type);
     if (kind == K_UNKNOWN) Py_RETURN_NONE;
+    if (kind == K_LC_STRING) return low_cardinality_column(values);
     Py_ssize_t n = PyList_GET_SIZE(values);
     PyObject **items = PySequence_Fast_ITEMS(values);
     int nullable = kind == K_NULL_STRING || kind == K_NULL_FLOAT64;
