@@ -452,6 +452,14 @@ static unsigned char *put_string(unsigned char *p, PyObject *v) {
 }
 
 static int number_bytes(int kind, PyObject *v, unsigned char *out) {
+    /* exact built-in numbers only: nothing here may run Python code (a __float__ or __index__ could
+       change the list being written); anything else is clickhouse-driver's to write */
+    if (!PyLong_CheckExact(v) && !PyBool_Check(v) && (kind == K_INT64 || !PyFloat_CheckExact(v))) {
+        PyErr_Format(PyExc_TypeError, "a %s value must be a built-in %s, not %.100s",
+                     kind == K_INT64 ? "Int64" : "Float64", kind == K_INT64 ? "int" : "float or int",
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
     if (kind == K_INT64) {
         long long x = PyLong_AsLongLong(v);
         if (x == -1 && PyErr_Occurred()) return -1;
@@ -483,8 +491,15 @@ static PyObject *low_cardinality_column(PyObject *values) {
     Py_ssize_t *rows = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)n);
     PyObject *out = NULL;
     size_t total = 8 * 4;
+    if (rows == NULL) PyErr_NoMemory();
     if (index == NULL || distinct == NULL || rows == NULL) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_CheckExact(items[i]) && !PyBytes_CheckExact(items[i])) {
+            /* exact str and bytes only: hashing a subclass could run Python code */
+            PyErr_Format(PyExc_TypeError, "a LowCardinality(String) value must be str or bytes, not %.100s",
+                         Py_TYPE(items[i])->tp_name);
+            goto done;
+        }
         PyObject *pos = PyDict_GetItemWithError(index, items[i]);
         if (pos != NULL) { rows[i] = PyLong_AsSsize_t(pos); continue; }
         if (PyErr_Occurred() || string_size(items[i], &total) < 0) goto done;
@@ -633,16 +648,30 @@ static PyObject *sample_row(PyObject *self, PyObject *args) {
                      PyList_GET_SIZE(vals) < PyList_GET_SIZE(keys) ? "shorter" : "longer");
         return NULL;
     }
-    PyObject *md = PyDict_New();
-    for (Py_ssize_t j = 0; md != NULL && j < PyList_GET_SIZE(keys); j++)
-        if (PyDict_SetItem(md, PyList_GET_ITEM(keys, j), PyList_GET_ITEM(vals, j)) < 0) Py_CLEAR(md);
-    if (md == NULL) return NULL;
+    /* the row's fields first (the dict holds them), then the metadata: hashing a key may run Python
+       code (a str subclass), which must find nothing borrowed here to free or shrink */
     PyObject *out = _PyDict_NewPresized(NCOLS - 1);
-    for (int k = 0; out != NULL && k < NCOLS; k++) {
+    for (int k = 0; out != NULL && k < NCOLS; k++) {  /* resource_metadata: None until its dict is built */
         if (k == 13) continue;
-        if (PyDict_SetItem(out, k == 12 ? KEY_METADATA : FIELD_KEYS[k], k == 12 ? md : values[k]) < 0) Py_CLEAR(out);
+        if (PyDict_SetItem(out, k == 12 ? KEY_METADATA : FIELD_KEYS[k], k == 12 ? Py_None : values[k]) < 0)
+            Py_CLEAR(out);
     }
-    Py_DECREF(md);
+    if (out == NULL) return NULL;
+    Py_INCREF(keys);
+    Py_INCREF(vals);
+    PyObject *md = PyDict_New();
+    for (Py_ssize_t j = 0; md != NULL && j < PyList_GET_SIZE(keys) && j < PyList_GET_SIZE(vals); j++) {
+        PyObject *key = PyList_GET_ITEM(keys, j), *val = PyList_GET_ITEM(vals, j);
+        Py_INCREF(key);
+        Py_INCREF(val);
+        if (PyDict_SetItem(md, key, val) < 0) Py_CLEAR(md);
+        Py_DECREF(key);
+        Py_DECREF(val);
+    }
+    Py_DECREF(keys);
+    Py_DECREF(vals);
+    if (md == NULL || PyDict_SetItem(out, KEY_METADATA, md) < 0) Py_CLEAR(out);
+    Py_XDECREF(md);
     return out;
 }
 

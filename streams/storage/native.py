@@ -32,8 +32,13 @@ __all__ = ["available", "insert_columns", "select_with_tables"]
 
 def available(client: Any) -> bool:
     """Whether :func:`insert_columns` can serve ``client`` (a ``clickhouse_driver.Client``): the C
-    encoder is built and the client does not compress blocks (a compressed stream is clickhouse-driver's own)."""
-    return native_column is not None and not client.connection.compression
+    encoder is built, the client does not compress blocks (a compressed stream is clickhouse-driver's
+    own), and its strings are text in UTF-8 without numpy (what the encoder writes)."""
+    if native_column is None or client.connection.compression:
+        return False
+    settings = client.connection.context.client_settings
+    return (str(settings.get("strings_encoding", "utf-8")).lower().replace("_", "-") in ("utf-8", "utf8")
+            and not settings.get("strings_as_bytes") and not settings.get("use_numpy"))
 
 
 def insert_columns(client: Any, query: str, data: Sequence[list], block_rows: int) -> int:
@@ -47,6 +52,8 @@ def insert_columns(client: Any, query: str, data: Sequence[list], block_rows: in
     from clickhouse_driver.block import ColumnOrientedBlock
 
     rows = len(data[0]) if data else 0
+    if any(len(col) != rows for col in data):
+        raise ValueError("Different rows length")  # clickhouse-driver's words, before anything is sent
     with client.disconnect_on_error(query, None):
         conn = client.connection
         conn.send_query(query)
@@ -55,7 +62,7 @@ def insert_columns(client: Any, query: str, data: Sequence[list], block_rows: in
         if sample is None:
             return 0
         columns = sample.columns_with_types
-        if len(columns) != len(data):
+        if data and len(columns) != len(data):
             raise ValueError(f"the server expects {len(columns)} columns, got {len(data)}")
         for start in range(0, rows, max(1, block_rows)):
             end = min(rows, start + block_rows)

@@ -182,9 +182,20 @@ def test_inserts_with_c_written_columns_store_what_clickhouse_driver_stores(pipe
     fast = ServerConnection(url, insert_block_size=150)  # three blocks, the last one short
     plain = ServerConnection(url)
     plain.execute(f"CREATE TABLE {db}.plain AS {db}.samples")
+    encoded: list[str] = []
+
+    def spy(spec: str, values: list):  # which columns the C encoder wrote
+        out = c_encoder(spec, values)
+        if out is not None:
+            encoded.append(spec)
+        return out
+
+    c_encoder = native.native_column
+    monkeypatch.setattr(native, "native_column", spy)
     try:
         assert native.available(fast.client)
         fast.insert_columns(f"{db}.samples", SAMPLE_COLUMNS, data)
+        assert len(encoded) == 3 * len(SAMPLE_COLUMNS)  # every column of the three blocks: 18.16 has no other type
         keys = [data[SAMPLE_COLUMNS.index(c)] for c in ("name", "resource_id", "timestamp_us", "message_id")]
         asked = [k + extra for k, extra in zip(keys, (["x"], ["y"], [base_us], ["not-stored"]), strict=True)]
         assert fast.existing_keys(f"{db}.samples", asked) == set(data[0])

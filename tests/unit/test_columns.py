@@ -167,6 +167,7 @@ def test_dicts_become_the_columns_the_python_loop_makes(monkeypatch, width):
     rnd = random.Random(width)
     for _ in range(300):
         batch = fuzzed(rnd) + [fuzzed_sample(rnd, {"shared": "x"}) for _ in range(2)]
+        assert columns_module._extend_from_dicts([[] for _ in range(width)], batch) is True  # C takes these
         batch += [_odd(rnd) for _ in range(rnd.randrange(3))]
 
         def run(batch=batch):
@@ -204,3 +205,20 @@ def test_rows_are_the_dicts_the_python_code_builds(monkeypatch):
         assert c == py and (c is IndexError or list(c) == list(py))  # the same keys in the same order
     cols.metadata_keys[3] = [*cols.metadata_keys[3], "one more"]  # keys and values differ in length
     assert _both(monkeypatch, lambda: cols.row(3)) == [ValueError, ValueError]
+
+
+def test_a_metadata_key_that_changes_its_row_while_hashed_does_not_crash_the_c_row():
+    cols = SampleColumns()
+    cols.extend_dicts([{"message_id": "m", "name": "n", "type": "gauge", "unit": "u", "volume": 1.0,
+                        "resource_id": "r", "timestamp": 1}])
+    values = ["1", "2"]
+
+    class Key(str):
+        def __hash__(self):
+            values.clear()  # shrinks the row's metadata values under the C loop
+            cols.cols[0][0] = None  # and drops the message id it read
+            return str.__hash__(self)
+
+    cols.metadata_keys[0], cols.metadata_values[0] = [Key("a"), "b"], values
+    row = columns_module._sample_row(cols.cols, 0)
+    assert row["message_id"] == "m" and row["resource_metadata"] == {"a": "1"}

@@ -118,6 +118,7 @@ def test_a_compressing_client_is_left_to_clickhouse_driver():
     class Client:
         class connection:  # noqa: N801 (clickhouse_driver.Client's attribute)
             compression = False
+            context = type("Context", (), {"client_settings": {"strings_encoding": "utf-8"}})
 
     assert native.available(Client())
     Client.connection.compression = True
@@ -169,3 +170,90 @@ def test_a_current_clickhouse_reads_the_columns_back(tmp_path):
     want = [tuple(norm(spec, v) for (_, spec, _), v in zip(columns, row, strict=True))
             for row in zip(*(values for _, _, values in columns), strict=True)]
     assert [tuple(norm(spec, v) for spec, v in zip(TYPES, row, strict=True)) for row in got] == want
+
+
+class _Connection:
+    """What ``Connection.send_data`` and :func:`native._send_block` use of a clickhouse-driver
+    connection: its writer, the server's revision and the context."""
+
+    def __init__(self, revision: int, fout) -> None:
+        from clickhouse_driver.streams.native import BlockOutputStream
+
+        self.fout = fout
+        self.server_info = type("ServerInfo", (), {"used_revision": revision})()
+        self.context = Context()
+        self.context.server_info = self.server_info
+        self.context.client_settings = {"strings_as_bytes": False, "strings_encoding": "utf-8", "use_numpy": False,
+                                        "input_format_null_as_default": False}
+        self.block_out = BlockOutputStream(fout, self.context)
+
+
+def _packet(send) -> bytes:
+    """The bytes ``send(fout)`` writes to a clickhouse-driver socket writer."""
+    ours, theirs = socket.socketpair()
+    received = bytearray()
+
+    def drain():
+        while chunk := theirs.recv(1 << 16):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        fout = BufferedSocketWriter(ours, 1 << 16)
+        send(fout)
+        fout.flush()
+    finally:
+        ours.shutdown(socket.SHUT_WR)
+        reader.join(10)
+        ours.close()
+        theirs.close()
+    return bytes(received)
+
+
+@pytest.mark.parametrize("table", ["", "_ids"])  # an INSERT's data, an external table
+@pytest.mark.parametrize("revision", [54_412, "client"])  # 18.16's protocol; clickhouse-driver's own, the newest
+def test_data_packets_are_the_ones_clickhouse_driver_sends(revision, table):
+    from clickhouse_driver import defines
+    from clickhouse_driver.block import ColumnOrientedBlock
+    from clickhouse_driver.connection import Connection
+
+    revision = defines.CLIENT_REVISION if revision == "client" else revision
+    rng = random.Random(revision)
+    columns = [(f"c{k}", spec) for k, spec in enumerate((*TYPES, "UInt8"))]  # UInt8: clickhouse-driver's
+    data = [[_value(spec, rng) for _ in range(50)] if spec != "UInt8" else list(range(50)) for _, spec in columns]
+    ours = _packet(lambda fout: native._send_block(_Connection(revision, fout), table, columns, data, 50))
+    theirs = _packet(lambda fout: Connection.send_data(_Connection(revision, fout),
+                                                       ColumnOrientedBlock(columns, data), table_name=table))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("spec, value", [
+    ("Float64", type("Float", (float,), {})(1.5)),  # subclasses: their methods could run Python code
+    ("Int64", type("Int", (int,), {})(3)),
+    ("LowCardinality(String)", type("Str", (str,), {})("cpu")),
+])
+def test_subclasses_of_numbers_and_low_cardinality_strings_are_left_to_clickhouse_driver(spec, value):
+    with pytest.raises(TypeError):
+        native_column(spec, [value])
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({}, True), ({"strings_encoding": "UTF_8"}, True), ({"strings_encoding": "latin-1"}, False),
+    ({"strings_as_bytes": True}, False), ({"use_numpy": True}, False)])
+def test_clients_whose_strings_are_not_utf8_text_are_left_to_clickhouse_driver(settings, expected):
+    client = type("Client", (), {})()
+    client.connection = type("Conn", (), {"compression": False})()
+    client.connection.context = Context()
+    client.connection.context.client_settings = {"strings_as_bytes": False, "strings_encoding": "utf-8",
+                                                 "use_numpy": False, **settings}
+    assert native.available(client) is expected
+
+
+def test_columns_of_different_lengths_are_refused_before_anything_is_sent():
+    class Client:  # any use of the connection fails the test
+        def disconnect_on_error(self, *args):
+            raise AssertionError("a query was started")
+
+    with pytest.raises(ValueError, match="Different rows length"):
+        native.insert_columns(Client(), "INSERT INTO t (a, b) VALUES", [[1, 2, 3], [1, 2]], 2)
