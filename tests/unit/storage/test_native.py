@@ -19,11 +19,13 @@ TYPES = ("String", "Float64", "Int64", "Nullable(String)", "Nullable(Float64)", 
          "LowCardinality(String)")
 
 
-def driver_bytes(spec: str, values: list) -> bytes:
-    """What clickhouse-driver writes for one column (through its own socket writer)."""
-    ctx = Context()
-    ctx.client_settings = {"strings_as_bytes": False, "strings_encoding": "utf-8", "use_numpy": False,
-                           "input_format_null_as_default": False}
+SETTINGS = {"strings_as_bytes": False, "strings_encoding": "utf-8", "use_numpy": False,
+            "input_format_null_as_default": False}
+"""clickhouse-driver's client settings its column writers read (its defaults)."""
+
+
+def _packet(send) -> bytes:
+    """The bytes ``send(fout)`` writes to a clickhouse-driver socket writer."""
     ours, theirs = socket.socketpair()
     received = bytearray()
 
@@ -34,15 +36,22 @@ def driver_bytes(spec: str, values: list) -> bytes:
     reader = threading.Thread(target=drain)
     reader.start()
     try:
-        out = BufferedSocketWriter(ours, 1 << 16)
-        write_column(ctx, "c", spec, values, out)
-        out.flush()
+        fout = BufferedSocketWriter(ours, 1 << 16)
+        send(fout)
+        fout.flush()
     finally:
         ours.shutdown(socket.SHUT_WR)
         reader.join(10)
         ours.close()
         theirs.close()
     return bytes(received)
+
+
+def driver_bytes(spec: str, values: list) -> bytes:
+    """What clickhouse-driver writes for one column."""
+    ctx = Context()
+    ctx.client_settings = dict(SETTINGS)
+    return _packet(lambda fout: write_column(ctx, "c", spec, values, fout))
 
 
 def _text(rng: random.Random) -> str | bytes:
@@ -183,32 +192,8 @@ class _Connection:
         self.server_info = type("ServerInfo", (), {"used_revision": revision})()
         self.context = Context()
         self.context.server_info = self.server_info
-        self.context.client_settings = {"strings_as_bytes": False, "strings_encoding": "utf-8", "use_numpy": False,
-                                        "input_format_null_as_default": False}
+        self.context.client_settings = dict(SETTINGS)
         self.block_out = BlockOutputStream(fout, self.context)
-
-
-def _packet(send) -> bytes:
-    """The bytes ``send(fout)`` writes to a clickhouse-driver socket writer."""
-    ours, theirs = socket.socketpair()
-    received = bytearray()
-
-    def drain():
-        while chunk := theirs.recv(1 << 16):
-            received.extend(chunk)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
-    try:
-        fout = BufferedSocketWriter(ours, 1 << 16)
-        send(fout)
-        fout.flush()
-    finally:
-        ours.shutdown(socket.SHUT_WR)
-        reader.join(10)
-        ours.close()
-        theirs.close()
-    return bytes(received)
 
 
 @pytest.mark.parametrize("table", ["", "_ids"])  # an INSERT's data, an external table
@@ -245,8 +230,7 @@ def test_clients_whose_strings_are_not_utf8_text_are_left_to_clickhouse_driver(s
     client = type("Client", (), {})()
     client.connection = type("Conn", (), {"compression": False})()
     client.connection.context = Context()
-    client.connection.context.client_settings = {"strings_as_bytes": False, "strings_encoding": "utf-8",
-                                                 "use_numpy": False, **settings}
+    client.connection.context.client_settings = {**SETTINGS, **settings}
     assert native.available(client) is expected
 
 
