@@ -451,6 +451,12 @@ static unsigned char *put_string(unsigned char *p, PyObject *v) {
     return p + len;
 }
 
+/* x as 8 bytes, little-endian */
+static unsigned char *put_u64(unsigned char *p, unsigned long long x) {
+    for (int i = 0; i < 8; i++) *p++ = (unsigned char)(x >> (8 * i));
+    return p;
+}
+
 static int number_bytes(int kind, PyObject *v, unsigned char *out) {
     /* exact built-in numbers only: nothing here may run Python code (a __float__ or __index__ could
        change the list being written); anything else is clickhouse-driver's to write */
@@ -463,20 +469,15 @@ static int number_bytes(int kind, PyObject *v, unsigned char *out) {
     if (kind == K_INT64) {
         long long x = PyLong_AsLongLong(v);
         if (x == -1 && PyErr_Occurred()) return -1;
-        for (int i = 0; i < 8; i++) out[i] = (unsigned char)((unsigned long long)x >> (8 * i));
+        put_u64(out, (unsigned long long)x);
         return 0;
     }
     double d = PyFloat_AsDouble(v);
     if (d == -1.0 && PyErr_Occurred()) return -1;
     unsigned long long bits;
     memcpy(&bits, &d, 8);
-    for (int i = 0; i < 8; i++) out[i] = (unsigned char)(bits >> (8 * i));
+    put_u64(out, bits);
     return 0;
-}
-
-static unsigned char *put_u64(unsigned char *p, unsigned long long x) {
-    for (int i = 0; i < 8; i++) *p++ = (unsigned char)(x >> (8 * i));
-    return p;
 }
 
 static PyObject *low_cardinality_column(PyObject *values) {
@@ -575,7 +576,7 @@ static PyObject *native_column(PyObject *self, PyObject *args) {
         unsigned long long end = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
             end += (unsigned long long)PySequence_Fast_GET_SIZE(items[i]);
-            for (int b = 0; b < 8; b++) *p++ = (unsigned char)(end >> (8 * b));
+            p = put_u64(p, end);
         }
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject **elems = PySequence_Fast_ITEMS(items[i]);
