@@ -188,9 +188,7 @@ def create_app(settings: Settings) -> tuple[faust.App, MetricsServer]:
                 for message in messages:
                     consumer.ack(message)
 
-            prev = submit(batch, ack)
-            if prev is not None:
-                await _awaited(prev)
+            await _awaited(processor.wait_turn(submit(batch, ack)))
         await _awaited(processor.drain())
 
     if processor.alarm_stage is not None:

@@ -312,3 +312,59 @@ def test_a_sample_stamped_ahead_does_not_move_its_partitions_alarm_clock(codec):
     bp.prepare([Msg(b"a", codec.encode([make_test_sample(resource_id="a", timestamp=ts)]), offset=5),
                 Msg(b"fast", codec.encode([make_test_sample(resource_id="fast", timestamp=ahead)]), offset=6)])
     assert bp.timer_clocks({0: 100}, time.time_ns() // 1000) == {0: ts}
+
+
+
+def _agent_with_fake_store(bp, batches, events, fail_at=None):
+    """The processor agent's loop over ``batches`` (prepare, submit, wait_turn), with a store that takes
+    10 ms off the event loop (the write thread) and fails at batch ``fail_at``; ``events`` gets what
+    happened, in order."""
+
+    async def store(batch):
+        events.append(("store", batch))
+        await asyncio.sleep(0.01)
+        if batch == fail_at:
+            raise StoreUnavailable("the store is gone")
+        events.append(("stored", batch))
+
+    bp.store = store
+
+    async def agent():
+        for n in range(batches):
+            events.append(("prepare", n))
+
+            async def ack(n=n):
+                events.append(("ack", n))
+
+            try:
+                await bp.wait_turn(bp.submit(n, ack))
+            except StoreUnavailable:
+                events.append(("failed", n))
+                return
+        await bp.drain()
+
+    asyncio.run(agent())
+
+
+def test_batches_are_stored_and_acknowledged_in_order_while_the_next_is_prepared(codec):
+    bp, _ = processor(codec)
+    events = []
+    _agent_with_fake_store(bp, 6, events)
+    assert [n for what, n in events if what == "stored"] == list(range(6))
+    assert [n for what, n in events if what == "ack"] == list(range(6))
+    for n in range(1, 6):  # never two stores at once, and never an ack before its batch is stored
+        assert events.index(("stored", n - 1)) < events.index(("store", n))
+        assert events.index(("stored", n)) < events.index(("ack", n))
+    for n in range(5):
+        # The overlap: batch n's store has begun before the agent prepares n + 1 (the agent waits for
+        # n - 1 only, so n + 1 is prepared while n is stored).
+        assert events.index(("store", n)) < events.index(("prepare", n + 1)) < events.index(("stored", n))
+
+
+def test_a_failed_store_reaches_the_agent_and_nothing_after_it_is_stored_or_acknowledged(codec):
+    bp, _ = processor(codec)
+    events = []
+    _agent_with_fake_store(bp, 6, events, fail_at=2)
+    assert ("failed", 3) in events  # the agent learns of it while it waits for its turn after batch 3
+    assert [n for what, n in events if what == "ack"] == [0, 1]
+    assert ("store", 3) not in events
