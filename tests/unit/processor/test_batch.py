@@ -314,7 +314,6 @@ def test_a_sample_stamped_ahead_does_not_move_its_partitions_alarm_clock(codec):
     assert bp.timer_clocks({0: 100}, time.time_ns() // 1000) == {0: ts}
 
 
-
 def _agent_with_fake_store(bp, batches, events, fail_at=None):
     """The processor agent's loop over ``batches`` (prepare, submit, wait_turn), with a store that takes
     10 ms off the event loop (the write thread) and fails at batch ``fail_at``; ``events`` gets what
