@@ -8,7 +8,8 @@ seconds it samples:
 
 * the processor's and the notifier's RSS (MiB), and the local broker's (``broker_rss_mib``; the
   stand-in broker keeps every record of every topic in memory, so this is what it holds: start it
-  afresh with ``streams dev down --purge`` to compare runs);
+  afresh with ``streams dev down --purge`` to compare runs; each of its fetches lists every batch the
+  partition holds, so its CPU, and the p99 with it, climbs as the run goes on: README "Round 4");
 * the processor's consumer lag (records: high watermark minus committed offset, summed over partitions);
 * produce -> row visible, p99 over the interval (ms): one record in ten is a probe, of one of 16
   probe resources, whose rows are looked for every 100 ms by the table's sorting key (probe
