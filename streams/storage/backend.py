@@ -189,21 +189,25 @@ class ServerConnection(Connection):
             self.client.execute(query, data, columnar=True, types_check=False)
 
     def existing_keys(self, table: str, keys: Sequence[list]) -> set[str]:
-        # (name, resource_id) IN pairs + a timestamp range lets the primary index skip
-        # every granule of other series; the exact match is on message_id. Twice as fast
-        # as a 4-column tuple IN at 70k keys (a stored copy of a sample has the same key).
+        # name IN set, resource_id IN set and a timestamp range let the primary index skip every
+        # granule of other meters and resources; the exact match is on message_id (a stored copy of
+        # a sample has the same key). Two one-column sets rather than the (name, resource_id) pairs:
+        # on 18.16 the tuple IN cost about 35 ms more per query whatever its size (100 keys: 45 against
+        # 80 ms; 70,000 keys: 83-95 against 120-140 ms, on a 700,000-row table), and a batch's pairs
+        # are nearly all of its names times its resources anyway.
         names, rids, stamps, mids = keys
-        series = list(set(zip(names, rids, strict=True)))
-        query = (f"SELECT message_id FROM {table} WHERE (name, resource_id) IN _series "
+        query = (f"SELECT message_id FROM {table} WHERE name IN _names AND resource_id IN _rids "
                  "AND timestamp_us >= %(lo)s AND timestamp_us <= %(hi)s AND message_id IN _ids")
         params = {"lo": min(stamps), "hi": max(stamps)}
+        names, rids = list(set(names)), list(set(rids))
         if native.available(self.client):
             result = native.select_with_tables(self.client, query, params, [
-                ("_series", [("name", "String"), ("resource_id", "String")],
-                 [[n for n, _ in series], [r for _, r in series]]),
+                ("_names", [("name", "String")], [names]),
+                ("_rids", [("resource_id", "String")], [rids]),
                 ("_ids", [("message_id", "String")], [mids if isinstance(mids, list) else list(mids)])])
             return set(result[0]) if result else set()
-        ext = [{"name": "_series", "structure": [("name", "String"), ("resource_id", "String")], "data": series},
+        ext = [{"name": "_names", "structure": [("name", "String")], "data": [(n,) for n in names]},
+               {"name": "_rids", "structure": [("resource_id", "String")], "data": [(r,) for r in rids]},
                {"name": "_ids", "structure": [("message_id", "String")], "data": [(m,) for m in mids]}]
         return {r[0] for r in self.client.execute(query, params, external_tables=ext)}
 
