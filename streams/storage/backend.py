@@ -199,16 +199,14 @@ class ServerConnection(Connection):
         query = (f"SELECT message_id FROM {table} WHERE name IN _names AND resource_id IN _rids "
                  "AND timestamp_us >= %(lo)s AND timestamp_us <= %(hi)s AND message_id IN _ids")
         params = {"lo": min(stamps), "hi": max(stamps)}
-        names, rids = list(set(names)), list(set(rids))
+        tables = [("_names", [("name", "String")], [list(set(names))]),  # (name, structure, columns)
+                  ("_rids", [("resource_id", "String")], [list(set(rids))]),
+                  ("_ids", [("message_id", "String")], [mids if isinstance(mids, list) else list(mids)])]
         if native.available(self.client):
-            result = native.select_with_tables(self.client, query, params, [
-                ("_names", [("name", "String")], [names]),
-                ("_rids", [("resource_id", "String")], [rids]),
-                ("_ids", [("message_id", "String")], [mids if isinstance(mids, list) else list(mids)])])
+            result = native.select_with_tables(self.client, query, params, tables)
             return set(result[0]) if result else set()
-        ext = [{"name": "_names", "structure": [("name", "String")], "data": [(n,) for n in names]},
-               {"name": "_rids", "structure": [("resource_id", "String")], "data": [(r,) for r in rids]},
-               {"name": "_ids", "structure": [("message_id", "String")], "data": [(m,) for m in mids]}]
+        ext = [{"name": name, "structure": structure, "data": list(zip(*columns, strict=True))}
+               for name, structure, columns in tables]
         return {r[0] for r in self.client.execute(query, params, external_tables=ext)}
 
     def close(self) -> None:
